@@ -1,0 +1,1 @@
+"""Triton kernels (GPU only); installed as megatron_llm.kernels."""

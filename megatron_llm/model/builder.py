@@ -1,0 +1,164 @@
+"""Build a Llama-style megatron-core GPTModel (one chunk per virtual pipeline stage) from the config.
+
+Layer spec: Transformer Engine's on a CUDA machine with TE installed (needed for FP8), megatron-core's
+local spec otherwise. Initial weights do not depend on the parallel layout: weights are drawn whole on
+the CPU and split (`use_cpu_initialization`), and each layer reseeds the generator from its global layer
+number, so a layer gets the same weights whichever pipeline stage builds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import (
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.enums import AttnBackend
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+from megatron.core.transformer.transformer_layer import TransformerLayer, get_transformer_layer_offset
+
+from megatron_llm.config.schema import Config
+from megatron_llm.model.norms import RMSNorm
+from megatron_llm.model.vocab import padded_vocab_size
+from megatron_llm.runtime.platform import Platform
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_FP8_RECIPES = {"delayed": "delayed", "current": "tensorwise"}
+
+
+def use_transformer_engine(config: Config, platform: Platform) -> bool:
+    impl = config.model.transformer_impl
+    return impl == "transformer_engine" or (impl == "auto" and platform.has_transformer_engine)
+
+
+def transformer_config(config: Config, platform: Platform) -> TransformerConfig:
+    """megatron-core's TransformerConfig for this model, layout and precision."""
+    m, p, pr = config.model, config.parallel, config.precision
+    on_gpu = platform.has_cuda
+    dtype = _DTYPES[pr.dtype]
+    recompute = {} if m.recompute == "none" else {"recompute_granularity": m.recompute}
+    if m.recompute == "full":
+        recompute.update(recompute_method="uniform", recompute_num_layers=m.recompute_num_layers)
+    fp8 = {}
+    if pr.fp8 is not None:
+        fp8 = dict(
+            fp8="hybrid",
+            fp8_recipe=_FP8_RECIPES[pr.fp8],
+            fp8_amax_history_len=pr.fp8_amax_history_len,
+            fp8_amax_compute_algo=pr.fp8_amax_compute_algo,
+        )
+    return TransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.query_groups,
+        kv_channels=m.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=m.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=m.add_qkv_bias,
+        attention_dropout=m.attention_dropout,
+        hidden_dropout=m.hidden_dropout,
+        init_method_std=m.init_method_std,
+        tensor_model_parallel_size=p.tensor,
+        pipeline_model_parallel_size=p.pipeline,
+        virtual_pipeline_model_parallel_size=p.virtual_pipeline if (p.virtual_pipeline or 1) > 1 else None,
+        context_parallel_size=p.context,
+        sequence_parallel=p.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=pr.dtype == "bf16",
+        fp16=pr.dtype == "fp16",
+        calculate_per_token_loss=True,
+        use_cpu_initialization=not on_gpu,
+        # Fusions go through torch.compile or apex on CPU; the bf16 cast of the fused cross-entropy
+        # would also break fp32 equivalence across layouts.
+        bias_activation_fusion=on_gpu,
+        bias_dropout_fusion=on_gpu,
+        masked_softmax_fusion=on_gpu,
+        apply_rope_fusion=on_gpu and use_transformer_engine(config, platform),
+        cross_entropy_loss_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        attention_backend=AttnBackend.auto if use_transformer_engine(config, platform) else AttnBackend.local,
+        # gloo pairs batched sends/receives wrongly when the previous and next stage are one process.
+        batch_p2p_comm=on_gpu,
+        overlap_p2p_comm=not on_gpu,
+        deallocate_pipeline_outputs=True,
+        **recompute,
+        **fp8,
+    )
+
+
+def _seeded_layer_class(seed: int) -> type:
+    class SeededTransformerLayer(TransformerLayer):
+        """Reseeds the CPU generator from the global layer number before drawing its weights."""
+
+        def __init__(self, config, submodules, layer_number: int = 1, **kwargs: object) -> None:
+            offset = get_transformer_layer_offset(config, kwargs.get("vp_stage"))
+            torch.manual_seed(seed * 1009 + layer_number + offset)
+            super().__init__(config, submodules, layer_number=layer_number, **kwargs)
+
+    return SeededTransformerLayer
+
+
+def layer_spec(config: Config, platform: Platform):
+    if use_transformer_engine(config, platform):
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=False)
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    submodules = dataclasses.replace(spec.submodules, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm)
+    return dataclasses.replace(spec, submodules=submodules)
+
+
+def _block_spec(config: Config, platform: Platform, tconfig: TransformerConfig, vp_stage: int | None):
+    spec = layer_spec(config, platform)
+    if not use_transformer_engine(config, platform):
+        spec = dataclasses.replace(spec, module=_seeded_layer_class(config.schedule.seed))
+    norm = RMSNorm
+    if use_transformer_engine(config, platform):
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        norm = TENorm
+    layers = get_num_layers_to_build(tconfig, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[spec] * layers, layer_norm=norm)
+
+
+def build_model_chunks(config: Config, vocab_size: int, platform: Platform) -> list[GPTModel]:
+    """The model chunks this rank holds (one per virtual pipeline stage), not yet wrapped in DDP."""
+    tconfig = transformer_config(config, platform)
+    m = config.model
+    vpp = tconfig.virtual_pipeline_model_parallel_size
+    stages = range(vpp) if vpp else [None]
+    padded = padded_vocab_size(vocab_size, m.make_vocab_size_divisible_by, config.parallel.tensor)
+    chunks = []
+    torch.manual_seed(config.schedule.seed)
+    for vp_stage in stages:
+        pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+        post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+        model = GPTModel(
+            config=tconfig,
+            transformer_layer_spec=_block_spec(config, platform, tconfig, vp_stage),
+            vocab_size=padded,
+            max_sequence_length=m.max_position_embeddings,
+            pre_process=pre,
+            post_process=post,
+            share_embeddings_and_output_weights=m.tie_embeddings,
+            position_embedding_type="rope",
+            rotary_base=int(m.rotary_base),
+            rope_scaling=m.rope_scaling == "llama3",
+            rope_scaling_factor=m.rope_scaling_factor,
+            vp_stage=vp_stage,
+        )
+        if platform.has_cuda:
+            model.cuda(torch.cuda.current_device())
+        chunks.append(model)
+    return chunks

@@ -1,0 +1,41 @@
+"""`megatron-llm train`: validate the config, then pre-train (launched directly or under torchrun/srun)."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+from megatron_llm.config.loader import load_config
+from megatron_llm.config.validation import validate
+from megatron_llm.runtime.distributed import process_info
+from megatron_llm.runtime.platform import detect_platform
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megatron-llm train", description=__doc__)
+    parser.add_argument("--config", help="YAML config (defaults: the built-in tiny model)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set parallel.tensor=2 (repeatable)")
+    parser.add_argument("--run-dir", default="runs/default", help="where config, metrics, TensorBoard and "
+                        "checkpoints go (default: runs/default)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    world_size = process_info().world_size
+    validate(config, world_size, detect_platform())
+    warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
+    warnings.filterwarnings("ignore", message=".*full scope is deprecated.*")
+
+    from megatron_llm.runtime.distributed import destroy_distributed
+    from megatron_llm.training.loop import setup, train
+
+    trainer = setup(config, Path(args.run_dir))
+    try:
+        train(trainer)
+    finally:
+        destroy_distributed()
+    return 0
