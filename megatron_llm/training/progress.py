@@ -34,7 +34,8 @@ def describe_model(config: Config, model: list, vocab_size: int) -> str:
         f"{'tied' if m.tie_embeddings else 'untied'} embeddings",
         f"parameters: {replica:,} per model replica (incl. {padded - vocab_size} padding rows per embedding)",
         f"layout: TP={p.tensor} PP={p.pipeline} VPP={p.virtual_pipeline or 1} CP={p.context} DP={dp} "
-        f"SP={'on' if p.sequence_parallel else 'off'} distributed optimizer={'on' if p.distributed_optimizer else 'off'}"
+        f"SP={'on' if p.sequence_parallel else 'off'} "
+        f"distributed optimizer={'on' if p.distributed_optimizer else 'off'}"
         f" precision={config.precision.dtype}{'+fp8-' + config.precision.fp8 if config.precision.fp8 else ''}",
         "parameters per rank: " + ", ".join(f"r{rank}={count:,}" for rank, count in enumerate(per_rank)),
     ]
