@@ -88,6 +88,9 @@ class ScheduleConfig:
     eval_iters: int = 2
     exit_interval: int | None = None
     seed: int = 1234
+    max_skipped_in_a_row: int = 10
+    loss_spike_sigma: float | None = None
+    loss_spike_window: int = 20
 
 
 @dataclass
@@ -113,6 +116,7 @@ class CheckpointConfig:
     async_save: bool = False
     mirror_dir: str | None = None
     fallback_on_corruption: bool = False
+    exit_signals: list = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
 
 
 @dataclass

@@ -90,6 +90,12 @@ def config_problems(config: Config) -> list[str]:
         problems.append(f"optim.decay_style must be one of {', '.join(DECAY_STYLES)}, got {o.decay_style!r}")
     if s.train_iters is None and s.train_tokens is None:
         problems.append("schedule.train_iters or schedule.train_tokens must be set")
+    decay_iters = o.lr_decay_iters or s.train_iters
+    if decay_iters is not None and o.warmup_iters >= decay_iters:
+        problems.append(
+            f"optim.warmup_iters={o.warmup_iters} must be smaller than the decay length "
+            f"(optim.lr_decay_iters or schedule.train_iters = {decay_iters})"
+        )
     if m.vocab_size is None and d.tokenizer is None:
         problems.append("model.vocab_size must be set when data.tokenizer is not")
     if not d.paths and not d.synthetic:

@@ -90,10 +90,13 @@ def transformer_config(config: Config, platform: Platform) -> TransformerConfig:
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         attention_backend=AttnBackend.auto if use_transformer_engine(config, platform) else AttnBackend.local,
-        # gloo pairs batched sends/receives wrongly when the previous and next stage are one process.
+        # gloo pairs batched sends/receives wrongly when the previous and next stage are one process;
+        # the interleaved schedule then needs overlapped p2p (the plain one does not support it).
         batch_p2p_comm=on_gpu,
-        overlap_p2p_comm=not on_gpu,
-        deallocate_pipeline_outputs=True,
+        overlap_p2p_comm=not on_gpu and (p.virtual_pipeline or 1) > 1,
+        # Freeing a sent activation's storage is safe on CUDA streams, but gloo's isend may still be
+        # reading it: the memory is reused and the next stage receives garbage (seen with VPP on CPU).
+        deallocate_pipeline_outputs=on_gpu,
         **recompute,
         **fp8,
     )

@@ -49,8 +49,10 @@ _CUDA_TYPE_NAMES = {
 def _patch_cuda_module() -> None:
     cuda = torch.cuda
 
-    def current_device() -> int:
-        return 0
+    def current_device() -> torch.device:
+        # A device object (not an index) also works where the function mode below is not active,
+        # e.g. inside megatron's autograd Functions during backward.
+        return _CPU
 
     def device_count() -> int:
         return 1

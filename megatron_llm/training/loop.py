@@ -17,6 +17,8 @@ from megatron_llm.model.builder import build_model_chunks
 from megatron_llm.model.flops import flops_per_step
 from megatron_llm.runtime.distributed import init_distributed, set_seeds
 from megatron_llm.runtime.platform import detect_platform
+from megatron_llm.training import faults
+from megatron_llm.training.checkpoint_hooks import default_hooks, resume
 from megatron_llm.training.data import build_datasets, micro_batches, tokenizer_info
 from megatron_llm.training.metrics import MetricsWriter, memory_bytes
 from megatron_llm.training.optimizer import attach_schedule_hooks, build_optimizer, build_scheduler, wrap_ddp
@@ -38,7 +40,9 @@ class TrainState:
     step: int = 0
     consumed_samples: int = 0
     skipped_steps: int = 0
+    skipped_windows: list[list[int]] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
+    exit_code: int = 0
 
 
 @dataclass
@@ -57,6 +61,7 @@ class Trainer:
     peak_flops: float | None
     state: TrainState = field(default_factory=TrainState)
     forward_step_func: Callable = forward_step
+    data_stale: bool = False
 
     @property
     def dp_rank(self) -> int:
@@ -85,7 +90,9 @@ def is_logging_rank() -> bool:
     return torch.distributed.get_rank() == 0
 
 
-def setup(config: Config, run_dir: Path) -> Trainer:
+def setup(config: Config, run_dir: Path, resume_from: Path | None = None, finetune: bool = False) -> Trainer:
+    """Build everything one rank needs, then resume from the run's latest checkpoint if there is one
+    (or load `resume_from`; weights only with `finetune`)."""
     platform = detect_platform()
     init_distributed(config.parallel)
     set_seeds(config.schedule.seed)
@@ -101,11 +108,12 @@ def setup(config: Config, run_dir: Path) -> Trainer:
     set_seeds(config.schedule.seed)
     train_data, valid_data = build_datasets(config, iters, info)
     peak = config.logging.peak_tflops_per_device
+    summary = describe_model(config, model, info.vocab_size)  # a collective: every rank calls it
     if is_logging_rank():
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
-        print(describe_model(config, model, info.vocab_size), flush=True)
-    return Trainer(
+        print(summary, flush=True)
+    trainer = Trainer(
         config=config,
         run_dir=run_dir,
         model=model,
@@ -118,6 +126,8 @@ def setup(config: Config, run_dir: Path) -> Trainer:
                                       config.parallel.tensor),
         peak_flops=peak * 1e12 if peak else None,
     )
+    resume(trainer, resume_from, finetune)
+    return trainer
 
 
 def run_validation(trainer: Trainer) -> float:
@@ -131,13 +141,14 @@ def run_validation(trainer: Trainer) -> float:
 def train(trainer: Trainer, hooks: list | None = None) -> TrainState:
     """Step until `train_iters` (or `schedule.exit_interval` steps in this process); returns the state.
 
-    `hooks` are objects with `after_step(trainer, result) -> bool` (True stops the loop); checkpointing
-    and fault handling plug in here without the loop knowing about them.
+    `hooks` are objects with `after_step(trainer, result) -> bool` (True stops the loop) and optionally
+    `close(trainer)`; they run after the built-in checkpoint and fault hooks (`checkpoint_hooks.py`).
     """
-    config, state, hooks = trainer.config, trainer.state, hooks or []
+    config, state = trainer.config, trainer.state
     s, log = config.schedule, config.logging
     logging_rank = is_logging_rank()
     writer = MetricsWriter(trainer.run_dir, logging_rank, log.tensorboard)
+    hooks = default_hooks(trainer, writer) + list(hooks or [])
     progress = Progress(trainer.train_iters, state.step, enabled=logging_rank and log.progress)
     remaining = trainer.train_iters - state.step
     data = trainer.iterators(trainer.train_data, state.consumed_samples, remaining)
@@ -148,9 +159,15 @@ def train(trainer: Trainer, hooks: list | None = None) -> TrainState:
     steps_since_log = 0
     try:
         while state.step < trainer.train_iters:
+            if trainer.data_stale:
+                data = trainer.iterators(trainer.train_data, state.consumed_samples, trainer.train_iters - state.step)
+                trainer.data_stale = False
+            forward = trainer.forward_step_func
+            if poison := faults.loss_fault(state.step + 1):
+                forward = faults.poison_forward_step(forward, poison)
             result = train_step(trainer.model, trainer.optimizer, trainer.scheduler, data,
                                 trainer.num_microbatches, config.data.seq_length, s.micro_batch_size,
-                                s.global_batch_size, trainer.forward_step_func)
+                                s.global_batch_size, forward)
             state.step += 1
             state.consumed_samples += s.global_batch_size
             state.skipped_steps += int(result.skipped)
@@ -191,6 +208,9 @@ def train(trainer: Trainer, hooks: list | None = None) -> TrainState:
             writer.write(record)
             state.history.append(record)
             progress.update(record)
+        for hook in hooks:
+            if hasattr(hook, "close"):
+                hook.close(trainer)
     finally:
         progress.close()
         writer.close()

@@ -1,0 +1,59 @@
+"""Runs under torchrun: trains the tiny model for a few steps in each of several parallel layouts.
+
+argv: OUTPUT_JSON RUN_ROOT LAYOUT_JSON...; each layout is a list of `--set` overrides. Rank 0 writes
+{layout_name: {"loss": [...], "grad_norm": [...]}} to OUTPUT_JSON.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from megatron.core import parallel_state
+
+from megatron_llm.config import load_config
+from megatron_llm.config.validation import validate
+from megatron_llm.runtime.platform import detect_platform
+from megatron_llm.training.loop import setup, train
+
+COMMON = [
+    "schedule.train_iters=5",
+    "optim.warmup_iters=2",
+    "schedule.eval_iters=0",
+    "logging.tensorboard=false",
+    "logging.progress=false",
+]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.loss: list[float] = []
+        self.grad_norm: list[float] = []
+
+    def after_step(self, trainer, result) -> bool:
+        self.loss.append(result.loss)
+        self.grad_norm.append(result.grad_norm)
+        return False
+
+
+def main() -> None:
+    output, run_root = Path(sys.argv[1]), Path(sys.argv[2])
+    results = {}
+    for index, raw in enumerate(sys.argv[3:]):
+        overrides = json.loads(raw)
+        config = load_config(Path(__file__).parents[2] / "examples/configs/tiny.yaml", COMMON + overrides)
+        validate(config, torch.distributed.get_world_size() if torch.distributed.is_initialized() else
+                 int(__import__("os").environ.get("WORLD_SIZE", "1")), detect_platform())
+        trainer = setup(config, run_root / f"layout{index}")
+        recorder = Recorder()
+        train(trainer, hooks=[recorder])
+        results[" ".join(overrides) or "single"] = {"loss": recorder.loss, "grad_norm": recorder.grad_norm}
+        parallel_state.destroy_model_parallel()
+    if torch.distributed.get_rank() == 0:
+        output.write_text(json.dumps(results))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
