@@ -56,6 +56,18 @@ def layout_problems(config: Config, world_size: int) -> list[str]:
             f"schedule.global_batch_size={s.global_batch_size} is not divisible by "
             f"schedule.micro_batch_size x data-parallel size = {s.micro_batch_size} x {dp}"
         )
+    microbatches = s.global_batch_size // (s.micro_batch_size * dp) if s.micro_batch_size >= 1 else 0
+    if (p.virtual_pipeline or 1) > 1 and microbatches % p.pipeline:
+        problems.append(
+            f"the interleaved schedule needs the number of micro-batches ({microbatches} = global batch / "
+            f"(micro batch x DP)) to be a multiple of parallel.pipeline={p.pipeline}"
+        )
+    if m.ffn_hidden_size % p.tensor:
+        problems.append(f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tensor={p.tensor}")
+    if p.context > 1 and config.data.seq_length % (2 * p.context):
+        problems.append(
+            f"data.seq_length={config.data.seq_length} is not divisible by 2 x parallel.context={2 * p.context}"
+        )
     if p.sequence_parallel and p.tensor == 1:
         problems.append("parallel.sequence_parallel needs parallel.tensor > 1")
     if p.sequence_parallel and config.data.seq_length % p.tensor:

@@ -18,6 +18,9 @@ from megatron_llm.config.schema import Config
 from megatron_llm.errors import UsageError
 
 
+NO_PAD = -1  # megatron-core's pad id for tokenizers without one (never a real token id)
+
+
 @dataclass(frozen=True)
 class TokenizerInfo:
     """What megatron-core's GPTDataset needs of a tokenizer: vocabulary size, EOD and pad ids."""
@@ -32,7 +35,7 @@ def tokenizer_info(config: Config) -> TokenizerInfo:
         from megatron_llm.data.tokenizer import load_tokenizer
 
         tok = load_tokenizer(config.data.tokenizer)
-        pad = tok.pad_id if tok.pad_id is not None else tok.eod_id
+        pad = tok.pad_id if tok.pad_id is not None and tok.pad_id != tok.eod_id else NO_PAD
         vocab = tok.vocab_size
         if config.model.vocab_size is not None and config.model.vocab_size < vocab:
             raise UsageError(
@@ -41,7 +44,7 @@ def tokenizer_info(config: Config) -> TokenizerInfo:
             )
         return TokenizerInfo(config.model.vocab_size or vocab, tok.eod_id, pad)
     vocab = config.model.vocab_size
-    return TokenizerInfo(vocab, vocab - 1, vocab - 1)
+    return TokenizerInfo(vocab, vocab - 1, NO_PAD)
 
 
 class SyntheticDataset:
@@ -106,6 +109,7 @@ class _MegatronTokenizerAdapter:
         self.vocab_size = info.vocab_size
         self.eod = info.eod
         self.pad = info.pad
+        self.unique_identifiers = {"vocab_size": info.vocab_size, "eod": info.eod, "pad": info.pad}
 
 
 def build_datasets(config: Config, train_iters: int, info: TokenizerInfo) -> tuple[object, object]:
