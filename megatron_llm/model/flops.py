@@ -42,13 +42,17 @@ class FlopsPerToken:
 
 
 def flops_per_token(
-    model: ModelConfig, seq_length: int, tensor_parallel: int = 1, recompute: str | None = None
+    model: ModelConfig,
+    seq_length: int,
+    tensor_parallel: int = 1,
+    recompute: str | None = None,
+    vocab_size: int | None = None,
 ) -> FlopsPerToken:
-    """FLOPs per token; `recompute` defaults to `model.recompute` (none, selective or full)."""
+    """FLOPs per token; `recompute` defaults to `model.recompute`, `vocab_size` to `model.vocab_size`."""
     h, f, s, layers = model.hidden_size, model.ffn_hidden_size, seq_length, model.num_layers
     q = model.num_attention_heads * model.head_dim
     kv = model.query_groups * model.head_dim
-    vocab = padded_vocab_size(vocab_size_of(model), model.make_vocab_size_divisible_by, tensor_parallel)
+    vocab = padded_vocab_size(vocab_size_of(model, vocab_size), model.make_vocab_size_divisible_by, tensor_parallel)
     layer_gemm = h * (q + 2 * kv) + q * h + 3 * h * f
     attention_forward = 2 * layers * q * s
     mode = model.recompute if recompute is None else recompute
@@ -67,10 +71,18 @@ def flops_per_token(
     )
 
 
-def flops_per_step(model: ModelConfig, seq_length: int, global_batch_size: int, tensor_parallel: int = 1) -> int:
+def flops_per_step(
+    model: ModelConfig,
+    seq_length: int,
+    global_batch_size: int,
+    tensor_parallel: int = 1,
+    vocab_size: int | None = None,
+) -> int:
     """Model FLOPs of one optimizer step (global batch), as Megatron-LM counts them for TFLOP/s and MFU.
 
-    `tensor_parallel` only matters through the vocabulary padding (a multiple of divisible_by x TP).
+    `tensor_parallel` matters through the vocabulary padding (a multiple of divisible_by x TP);
+    `vocab_size` is the tokenizer's (unpadded) size when `model.vocab_size` is not set.
     Per-device TFLOP/s = flops_per_step / step_seconds / world_size / 1e12.
     """
-    return flops_per_token(model, seq_length, tensor_parallel).model * seq_length * global_batch_size
+    per_token = flops_per_token(model, seq_length, tensor_parallel, vocab_size=vocab_size)
+    return per_token.model * seq_length * global_batch_size

@@ -58,10 +58,12 @@ class StageParameters:
         return sum(t.numel for chunk in self.chunks for t in chunk)
 
 
-def vocab_size_of(model: ModelConfig) -> int:
-    if model.vocab_size is None:
+def vocab_size_of(model: ModelConfig, vocab_size: int | None = None) -> int:
+    """The unpadded vocabulary: an explicit size (e.g. the tokenizer's) or `model.vocab_size`."""
+    size = vocab_size if vocab_size is not None else model.vocab_size
+    if size is None:
         raise UsageError("model.vocab_size must be set to count parameters (set it to the tokenizer's size)")
-    return model.vocab_size
+    return size
 
 
 def _q_kv(model: ModelConfig) -> tuple[int, int]:
@@ -88,9 +90,9 @@ def layer_tensors(model: ModelConfig, layer: int, tensor_parallel: int = 1) -> l
     return tensors
 
 
-def count_parameters(model: ModelConfig, tensor_parallel: int = 1) -> ParameterCounts:
+def count_parameters(model: ModelConfig, tensor_parallel: int = 1, vocab_size: int | None = None) -> ParameterCounts:
     """Exact counts of the whole model; the padded vocabulary depends on the TP size."""
-    vocab = vocab_size_of(model)
+    vocab = vocab_size_of(model, vocab_size)
     padded = padded_vocab_size(vocab, model.make_vocab_size_divisible_by, tensor_parallel)
     h = model.hidden_size
     per_layer = sum(t.numel for t in layer_tensors(model, 0))
@@ -123,7 +125,11 @@ def layer_ranges(num_layers: int, pipeline: int, virtual: int | None, pipeline_r
 
 
 def stage_parameters(
-    model: ModelConfig, tensor_parallel: int = 1, pipeline: int = 1, virtual: int | None = None
+    model: ModelConfig,
+    tensor_parallel: int = 1,
+    pipeline: int = 1,
+    virtual: int | None = None,
+    vocab_size: int | None = None,
 ) -> list[StageParameters]:
     """Per pipeline rank: its chunks' tensors, and where the embedding and output layer live.
 
@@ -131,7 +137,7 @@ def stage_parameters(
     stage (its last chunk). With tied embeddings and more than one stage, the last stage holds its own
     copy of the embedding matrix as its output weight (kept equal by an all-reduce).
     """
-    vocab = vocab_size_of(model)
+    vocab = vocab_size_of(model, vocab_size)
     padded = padded_vocab_size(vocab, model.make_vocab_size_divisible_by, tensor_parallel)
     vocab_shard = padded // tensor_parallel * model.hidden_size
     vpp = virtual if (virtual or 1) > 1 else None

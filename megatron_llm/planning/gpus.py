@@ -2,8 +2,8 @@
 
 Figures are the vendors' datasheet numbers for one device. The fp32 column is the TF32
 tensor-core peak: what fp32 GEMMs reach with TF32 enabled (far less without it). Memory is
-the datasheet capacity in GB (10^9 bytes); what PyTorch can allocate is a little less, which the
-estimator's runtime reserve accounts for.
+the datasheet capacity; an "80GB" part carries 80 GiB of HBM, so capacities are in GiB (2^30 bytes).
+What PyTorch can allocate is a little less, which the estimator's runtime reserve accounts for.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from megatron_llm.errors import UsageError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
+GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,11 @@ class GPU:
         return self.peak_tflops[precision] * 1e12
 
 
-def _gpu(name: str, description: str, memory_gb: float, fp32: float, bf16: float, fp8: float | None) -> GPU:
+def _gpu(name: str, description: str, memory_gib: float, fp32: float, bf16: float, fp8: float | None) -> GPU:
     peaks = {"fp32": fp32, "bf16": bf16, "fp16": bf16}
     if fp8 is not None:
         peaks["fp8"] = fp8
-    return GPU(name, description, int(memory_gb * 1e9), peaks)
+    return GPU(name, description, int(memory_gib * GIB), peaks)
 
 
 GPUS: dict[str, GPU] = {
@@ -65,7 +66,7 @@ def gpu_names() -> list[str]:
     return sorted(GPUS) + sorted(ALIASES)
 
 
-def lookup_gpu(name: str, memory_gb: float | None = None, peak_tflops: float | None = None) -> GPU:
+def lookup_gpu(name: str, memory_gib: float | None = None, peak_tflops: float | None = None) -> GPU:
     """A GPU from the table by name (case-insensitive, `_` or `-`), optionally overriding its figures.
 
     `peak_tflops` overrides the peak of every precision (the user states the one they train in).
@@ -75,10 +76,10 @@ def lookup_gpu(name: str, memory_gb: float | None = None, peak_tflops: float | N
     if key not in GPUS:
         raise UsageError(f"--gpu: unknown GPU {name!r}; known: {', '.join(gpu_names())}")
     gpu = GPUS[key]
-    if memory_gb is not None:
-        if memory_gb <= 0:
-            raise UsageError(f"--gpu-memory-gb must be positive, got {memory_gb}")
-        gpu = replace(gpu, memory_bytes=int(memory_gb * 1e9))
+    if memory_gib is not None:
+        if memory_gib <= 0:
+            raise UsageError(f"--gpu-memory-gib must be positive, got {memory_gib}")
+        gpu = replace(gpu, memory_bytes=int(memory_gib * GIB))
     if peak_tflops is not None:
         if peak_tflops <= 0:
             raise UsageError(f"--peak-tflops must be positive, got {peak_tflops}")
@@ -86,7 +87,7 @@ def lookup_gpu(name: str, memory_gb: float | None = None, peak_tflops: float | N
     return gpu
 
 
-def custom_gpu(memory_gb: float, peak_tflops: float | None = None) -> GPU:
-    """A device described only by its memory (e.g. the trainer checking a machine not in the table)."""
+def custom_gpu(memory_bytes: int, peak_tflops: float | None = None) -> GPU:
+    """A device described only by its memory (e.g. the trainer checking a GPU not in the table)."""
     peaks = {p: peak_tflops for p in PRECISIONS} if peak_tflops else {}
-    return GPU("custom", f"{memory_gb:g} GB device", int(memory_gb * 1e9), peaks)
+    return GPU("custom", "GPU", int(memory_bytes), peaks)

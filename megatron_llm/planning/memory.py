@@ -1,0 +1,286 @@
+"""Peak memory per rank: weights, gradients, optimizer state, activations and buffers.
+
+Static memory follows what megatron-core allocates for the engine's settings (training/optimizer.py):
+
+- weights: the parameters in the training dtype; with the distributed optimizer they live in DDP's
+  padded parameter buffer.
+- gradients: DDP's gradient buffer, fp32 (`grad_reduce_in_fp32` whenever the dtype is bf16/fp16).
+- optimizer: Adam's exp_avg and exp_avg_sq in fp32 (8 bytes) plus, for bf16/fp16 weights, an fp32
+  master copy (4 bytes), plus AdamW's per-tensor `step`; the distributed optimizer keeps these only
+  for this DP rank's slice of each bucket.
+
+Activations come from `activations.py`. Buffers are the transient or fixed rest: the output layer's
+logits and cross-entropy (last stage), pipeline send/receive tensors, FP8 weight copies, the
+optimizer's temporaries on the PyTorch-AdamW path (CPU), and on a GPU a fixed runtime reserve (CUDA
+context, NCCL and cuBLAS workspaces). A layout fits when the total is at most 95% of device memory
+(the rest absorbs allocator fragmentation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from megatron_llm.config.schema import Config, ModelConfig
+from megatron_llm.config.validation import layout_problems
+from megatron_llm.errors import UsageError
+from megatron_llm.model.params import ParamTensor, StageParameters, stage_parameters, vocab_size_of
+from megatron_llm.model.vocab import padded_vocab_size
+from megatron_llm.planning.activations import ActivationShape, rank_activation_bytes
+from megatron_llm.planning.buffers import buffer_layout, default_bucket_size
+from megatron_llm.planning.gpus import GIB, GPU, custom_gpu, lookup_gpu
+
+RUNTIME_RESERVE = 2 * GIB
+USABLE_FRACTION = 0.95
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+FP32 = 4
+ADAM_STATE = 8
+STEP = 4
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes on one rank at its peak; the rank is the most loaded pipeline stage unless asked for."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    buffers: int
+    pipeline_rank: int = 0
+    data_parallel_rank: int = 0
+    num_microbatches: int = 1
+
+    @property
+    def static(self) -> int:
+        return self.weights + self.gradients + self.optimizer
+
+    @property
+    def total(self) -> int:
+        return self.static + self.activations + self.buffers
+
+    def fits(self, gpu: GPU) -> bool:
+        return self.total <= usable_bytes(gpu)
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "static": self.static, "total": self.total}
+
+
+@dataclass(frozen=True)
+class StaticMemory:
+    weights: int
+    gradients: int
+    optimizer: int
+    optimizer_elements: int
+
+
+def with_vocab(config: Config, vocab_size: int | None) -> Config:
+    """The config with the tokenizer's vocabulary size filled in (when it comes from a tokenizer)."""
+    if vocab_size is None or vocab_size == config.model.vocab_size:
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=vocab_size))
+
+
+def usable_bytes(gpu: GPU) -> int:
+    return int(gpu.memory_bytes * USABLE_FRACTION)
+
+
+def _uses_transformer_engine(config: Config, gpu: GPU | None) -> bool:
+    return gpu is not None and config.model.transformer_impl != "local"
+
+
+def _dtype_groups(tensors: Iterable[ParamTensor], dtype_bytes: int, fp32_norms: bool) -> dict[int, list]:
+    """Parameters split by dtype as DDP splits its buffers (local-spec RMSNorm weights stay fp32)."""
+    groups: dict[int, list] = {}
+    for tensor in tensors:
+        size = FP32 if fp32_norms and tensor.name.endswith("layernorm.weight") else dtype_bytes
+        groups.setdefault(size, []).append(tensor)
+    return groups
+
+
+def static_memory(
+    config: Config, world_size: int, pipeline_rank: int = 0, data_parallel_rank: int = 0, gpu: GPU | None = None
+) -> StaticMemory:
+    """Weights, gradient buffer and optimizer state of one rank, element for element."""
+    p = config.parallel
+    return _static_memory(
+        _model_key(config.model),
+        config.precision.dtype,
+        p.tensor,
+        p.pipeline,
+        p.virtual_pipeline,
+        data_parallel_size(config, world_size),
+        p.distributed_optimizer,
+        p.overlap_grad_reduce,
+        pipeline_rank,
+        data_parallel_rank,
+        _uses_transformer_engine(config, gpu),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _static_memory(
+    model_fields: tuple,
+    dtype: str,
+    tensor: int,
+    pipeline: int,
+    virtual: int | None,
+    dp: int,
+    distributed_optimizer: bool,
+    overlap_grad_reduce: bool,
+    pipeline_rank: int,
+    data_parallel_rank: int,
+    transformer_engine: bool,
+) -> StaticMemory:
+    dtype_bytes = DTYPE_BYTES[dtype]
+    stage = _stages(model_fields, tensor, pipeline, virtual)[pipeline_rank]
+    weights = gradients = optimizer = elements = 0
+    for index, chunk in enumerate(stage.chunks):
+        bucketing = overlap_grad_reduce and pipeline_rank == 0 and index == 0
+        bucket_size = default_bucket_size(dp) if bucketing else None
+        for size, tensors in _dtype_groups(chunk, dtype_bytes, not transformer_engine).items():
+            layout = buffer_layout(tensors, dp, distributed_optimizer, bucket_size)
+            unpadded = sum(t.numel for t in tensors)
+            weights += (layout.numel if distributed_optimizer else unpadded) * size
+            gradients += layout.numel * FP32
+            if distributed_optimizer:
+                shard, count = layout.shard_numel(dp, data_parallel_rank)
+            else:
+                shard, count = unpadded, len(tensors)
+            master = FP32 if size != FP32 else 0
+            optimizer += shard * (ADAM_STATE + master) + count * STEP
+            elements += shard
+    return StaticMemory(weights, gradients, optimizer, elements)
+
+
+def _model_key(model: ModelConfig) -> tuple:
+    """The model's fields as a hashable tuple (shallow: every field is a scalar)."""
+    return tuple(getattr(model, f.name) for f in dataclasses.fields(model))
+
+
+@functools.lru_cache(maxsize=1024)
+def _stages(model_fields: tuple, tensor: int, pipeline: int, virtual: int | None) -> list[StageParameters]:
+    return stage_parameters(ModelConfig(*model_fields), tensor, pipeline, virtual)
+
+
+def data_parallel_size(config: Config, world_size: int) -> int:
+    p = config.parallel
+    return world_size // (p.tensor * p.pipeline * p.context)
+
+
+def check_layout(config: Config, world_size: int) -> None:
+    """Raise a UsageError naming the first broken divisibility rule of the configured layout."""
+    vocab_size_of(config.model)
+    problems = layout_problems(config, world_size)
+    if problems:
+        raise UsageError(problems[0])
+
+
+def _buffers(config: Config, pipeline_rank: int, gpu: GPU | None, shape: ActivationShape,
+             optimizer_elements: int, local_params: int) -> int:
+    """Logits and cross-entropy (last stage), p2p tensors, optimizer temporaries, runtime reserve."""
+    m, p = config.model, config.parallel
+    a = shape.bytes_per_element
+    sp = p.tensor if p.sequence_parallel else 1
+    total = 0
+    if pipeline_rank == p.pipeline - 1:
+        vocab = padded_vocab_size(vocab_size_of(m), m.make_vocab_size_divisible_by, p.tensor)
+        total += shape.tokens * vocab // p.tensor * (2 * a + FP32)
+    if p.pipeline > 1:
+        total += 2 * shape.tokens * m.hidden_size // sp * a
+    if gpu is None:
+        total += optimizer_elements * FP32  # torch AdamW (foreach) builds one temporary per state tensor
+    else:
+        total += RUNTIME_RESERVE
+        if config.precision.fp8 is not None:
+            total += 2 * local_params  # FP8 weight and transposed-weight copies
+    return total
+
+
+def rank_memory(
+    config: Config,
+    world_size: int,
+    pipeline_rank: int,
+    data_parallel_rank: int = 0,
+    gpu: GPU | None = None,
+    vocab_size: int | None = None,
+) -> MemoryEstimate:
+    """Peak memory of one rank; `gpu` None means this engine on CPU (local spec, no flash attention)."""
+    config = with_vocab(config, vocab_size)
+    check_layout(config, world_size)
+    m, p, s = config.model, config.parallel, config.schedule
+    dp = data_parallel_size(config, world_size)
+    microbatches = s.global_batch_size // (s.micro_batch_size * dp)
+    static = static_memory(config, world_size, pipeline_rank, data_parallel_rank, gpu)
+    shape = ActivationShape(
+        seq_length=config.data.seq_length,
+        micro_batch=s.micro_batch_size,
+        tensor_parallel=p.tensor,
+        context_parallel=p.context,
+        sequence_parallel=p.sequence_parallel,
+        recompute=m.recompute,
+        recompute_num_layers=m.recompute_num_layers,
+        bytes_per_element=DTYPE_BYTES[config.precision.dtype],
+        flash_attention=_uses_transformer_engine(config, gpu),
+    )
+    activations = rank_activation_bytes(m, shape, p.pipeline, p.virtual_pipeline, pipeline_rank, microbatches)
+    local_params = _stages(_model_key(m), p.tensor, p.pipeline, p.virtual_pipeline)[pipeline_rank].numel
+    buffers = _buffers(config, pipeline_rank, gpu, shape, static.optimizer_elements, local_params)
+    return MemoryEstimate(
+        weights=static.weights,
+        gradients=static.gradients,
+        optimizer=static.optimizer,
+        activations=activations,
+        buffers=buffers,
+        pipeline_rank=pipeline_rank,
+        data_parallel_rank=data_parallel_rank,
+        num_microbatches=microbatches,
+    )
+
+
+def estimate_memory(
+    config: Config, world_size: int, gpu: GPU | str | None = None, vocab_size: int | None = None
+) -> MemoryEstimate:
+    """Peak memory per rank of the configured layout: the most loaded pipeline stage, DP rank 0.
+
+    Only the first and last stages can be the most loaded: middle stages hold no embedding or output
+    layer and fewer in-flight micro-batches than the first.
+
+    `gpu` is a `GPU`, a name from the table (e.g. "h100"), or None for this engine on CPU;
+    `vocab_size` the tokenizer's size when `model.vocab_size` is not set.
+    """
+    device = lookup_gpu(gpu) if isinstance(gpu, str) else gpu
+    config = with_vocab(config, vocab_size)
+    ranks = [rank_memory(config, world_size, rank, 0, device) for rank in sorted({0, config.parallel.pipeline - 1})]
+    return max(ranks, key=lambda estimate: estimate.total)
+
+
+def warn_if_not_fitting(
+    config: Config, world_size: int, gpu_name_or_memory: str | int | None, vocab_size: int | None = None
+) -> str | None:
+    """A one-paragraph warning when the configured layout will not fit the device, else None.
+
+    `gpu_name_or_memory`: a GPU name from the table, or the device's memory in bytes (for example
+    `torch.cuda.get_device_properties(0).total_memory`); None (no GPU) returns None.
+    """
+    if gpu_name_or_memory is None:
+        return None
+    if isinstance(gpu_name_or_memory, str):
+        gpu = lookup_gpu(gpu_name_or_memory)
+    else:
+        gpu = custom_gpu(int(gpu_name_or_memory))
+    estimate = estimate_memory(config, world_size, gpu, vocab_size)
+    if estimate.fits(gpu):
+        return None
+    gib = 1 / GIB
+    device = f"--gpu {gpu.name}" if gpu.name != "custom" else f"--gpu-memory-gib {gpu.memory_bytes * gib:.0f}"
+    return (
+        f"warning: this layout needs about {estimate.total * gib:.1f} GiB per GPU on pipeline stage "
+        f"{estimate.pipeline_rank} (weights {estimate.weights * gib:.1f}, gradients {estimate.gradients * gib:.1f}, "
+        f"optimizer {estimate.optimizer * gib:.1f}, activations {estimate.activations * gib:.1f}, "
+        f"buffers {estimate.buffers * gib:.1f}) but only {usable_bytes(gpu) * gib:.1f} GiB of the "
+        f"{gpu.memory_bytes * gib:.1f} GiB {gpu.description} are usable; "
+        f"`megatron-llm plan --config <this config> --gpus {world_size} {device} --explain` lists layouts that fit"
+    )
