@@ -26,8 +26,16 @@ setup(
     ],
     extras_require={
         "gpu": ["transformer-engine[pytorch]>=1.13"],
-        "hf": ["transformers>=4.45"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "datasketch>=1.6", "transformers>=4.45", "lm-eval>=0.4"],
+        "hf": ["transformers>=4.45", "accelerate>=0.26"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+            "datasketch>=1.6",
+            "transformers>=4.45",
+            "accelerate>=0.26",
+            "lm-eval>=0.4",
+        ],
     },
     entry_points={"console_scripts": ["megatron-llm=megatron_llm.cli:main"]},
 )

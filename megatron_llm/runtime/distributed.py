@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -35,6 +36,12 @@ def process_info() -> ProcessInfo:
     return ProcessInfo(0, 1, 0)
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def init_distributed(parallel: ParallelConfig, timeout_minutes: int = 30) -> ProcessInfo:
     """Start torch.distributed (if not started) and megatron-core's TP/PP/CP/DP groups."""
     from megatron.core import parallel_state
@@ -45,7 +52,9 @@ def init_distributed(parallel: ParallelConfig, timeout_minutes: int = 30) -> Pro
     cpu = install_cpu_compat()
     if not torch.distributed.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        if "MASTER_PORT" not in os.environ:
+            # Nobody else needs to find a lone process: a free port lets several runs share a machine.
+            os.environ["MASTER_PORT"] = str(_free_port()) if info.world_size == 1 else "29500"
         if not cpu:
             torch.cuda.set_device(info.local_rank)
         torch.distributed.init_process_group(
