@@ -1,0 +1,132 @@
+"""What `sft` and `dpo` share: arguments, the config taken from the initial checkpoint, the tokenizer and
+its chat template, and a pre-training Trainer whose datasets and weights are replaced."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+from megatron_llm.config.loader import config_from_dict, load_config, save_config
+from megatron_llm.config.schema import Config
+from megatron_llm.errors import UsageError
+from megatron_llm.posttrain.chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate
+from megatron_llm.posttrain.records import DataReport
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config (schedule, optim, parallel, data.seq_length, ...)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set parallel.tensor=2 (repeatable)")
+    parser.add_argument("--init", help="checkpoint root or iter_* directory to start from; its model section "
+                        "and tokenizer are used")
+    parser.add_argument("--data", required=True, help="training JSONL file")
+    parser.add_argument("--valid-data", help="validation JSONL file (default: hold out --valid-fraction)")
+    parser.add_argument("--valid-fraction", type=float, default=0.05,
+                        help="fraction of --data held out for validation when --valid-data is not given")
+    parser.add_argument("--epochs", type=float, default=1.0,
+                        help="passes over the data when schedule.train_iters is not set (default 1)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad record instead of "
+                        "reporting and skipping it")
+    parser.add_argument("--run-dir", default="runs/posttrain", help="config, metrics, TensorBoard, checkpoints")
+
+
+def init_metadata(init: str | None) -> dict | None:
+    if init is None:
+        return None
+    from megatron_llm.training.checkpoint_format import read_metadata, resolve_checkpoint
+
+    return read_metadata(resolve_checkpoint(Path(init)))
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """The user's config with the model architecture (and, unless given, the tokenizer) of `--init`."""
+    config = load_config(args.config, args.overrides)
+    metadata = init_metadata(args.init)
+    if metadata is not None:
+        base = config_from_dict(metadata["config"])
+        config.model = base.model
+        if not config.data.tokenizer:
+            saved = (metadata.get("tokenizer") or {}).get("path") or base.data.tokenizer
+            config.data.tokenizer = saved
+    if not config.data.tokenizer:
+        raise UsageError("data.tokenizer: post-training needs a tokenizer (set data.tokenizer or --init a "
+                         "checkpoint that names one)")
+    # The pre-training datasets `setup` builds are replaced by the chat data: keep them synthetic (lazy, free).
+    config.data.paths = []
+    config.data.synthetic = True
+    return config
+
+
+def chat_template(tokenizer: object) -> tuple[ChatTemplate, bool]:
+    """The tokenizer's chat template, or the default one; True when the default was used."""
+    source = getattr(tokenizer, "chat_template", None)
+    try:
+        return ChatTemplate(source or DEFAULT_CHAT_TEMPLATE), not source
+    except ValueError as error:
+        raise UsageError(f"{getattr(tokenizer, 'path', 'tokenizer')}: chat_template: {error}") from None
+
+
+def store_default_template(config: Config, run_dir: Path, write: bool) -> None:
+    """Point the config at a copy of the tokenizer in the run directory whose manifest holds the default chat
+    template, so checkpoints and `convert to-hf` carry the template the model was tuned with. Every rank
+    calls it; the rank with `write` makes the copy (the others must wait for it before reading it)."""
+    from megatron_llm.data.tokenizer import MANIFEST
+
+    source = Path(config.data.tokenizer)
+    target = (run_dir / "tokenizer").resolve()
+    if write and target != source.resolve():
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+        manifest = json.loads((target / MANIFEST).read_text())
+        manifest["chat_template"] = DEFAULT_CHAT_TEMPLATE
+        (target / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    config.data.tokenizer = str(target)
+    if write:
+        save_config(config, run_dir / "config.yaml")
+
+
+def split_validation(items: list, fraction: float) -> tuple[list, list]:
+    """The last `fraction` of `items` (at least one when fraction > 0 and there are two or more)."""
+    if fraction <= 0 or len(items) < 2:
+        return items, []
+    count = min(max(1, round(len(items) * fraction)), len(items) - 1)
+    return items[:-count], items[-count:]
+
+
+def set_train_iters(config: Config, num_samples: int, epochs: float) -> None:
+    if config.schedule.train_iters is None and config.schedule.train_tokens is None:
+        gbs = config.schedule.global_batch_size
+        config.schedule.train_iters = max(1, int(-(-num_samples * epochs // gbs)))
+
+
+def report_data(reports: list[DataReport], run_dir: Path, is_rank0: bool) -> None:
+    """Print each bad record as file:line and the counts; write them all to RUN_DIR/data_report.json."""
+    if not is_rank0:
+        return
+    for report in reports:
+        report.print()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "data_report.json").write_text(json.dumps([r.to_dict() for r in reports], indent=1) + "\n")
+
+
+def quiet_warnings() -> None:
+    warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
+    warnings.filterwarnings("ignore", message=".*full scope is deprecated.*")
+
+
+def start_trainer(config: Config, run_dir: Path, init: str | None):
+    """The pre-training Trainer: resumed from the run's own latest checkpoint, else with `init`'s weights.
+
+    After a weights-only load the optimizer's main parameters are refreshed from the model's (they were
+    copied when the optimizer was built, before the weights arrived).
+    """
+    from megatron_llm.training.loop import setup
+
+    trainer = setup(config, run_dir, Path(init) if init else None, finetune=True)
+    if trainer.state.step == 0:
+        trainer.optimizer.reload_model_params()
+    return trainer

@@ -1,0 +1,98 @@
+"""`megatron-llm sft`: supervised fine-tuning on chat JSONL, on the pre-training engine.
+
+Conversations are rendered with the tokenizer's chat template (or the default one, which is then stored
+with a copy of the tokenizer in the run directory), the loss is taken on assistant tokens only, and samples
+are packed (attention confined to each conversation) or padded, in a seeded order. Checkpoints, metrics,
+validation and parallel layouts are the pre-training ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from megatron_llm.posttrain import run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megatron-llm sft", description=__doc__)
+    run.add_common_arguments(parser)
+    parser.add_argument("--packing", choices=("pack", "pad"), default="pack",
+                        help="pack several conversations per sample (default) or one padded conversation each")
+    return parser
+
+
+def build_sft_datasets(args: argparse.Namespace, config: object, tokenizer: object, template: object):
+    """(train dataset, validation dataset or None, data reports)."""
+    from megatron_llm.posttrain.packing import SFTDataset, shuffled
+    from megatron_llm.posttrain.sft_data import load_conversations
+
+    seq = config.data.seq_length
+    seed = config.schedule.seed
+    train, report = load_conversations(args.data, template, tokenizer, seq, args.strict)
+    reports = [report]
+    if args.valid_data:
+        valid, valid_report = load_conversations(args.valid_data, template, tokenizer, seq, args.strict)
+        reports.append(valid_report)
+        train = shuffled(train, seed)
+    else:
+        train, valid = run.split_validation(shuffled(train, seed), args.valid_fraction)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eod_id
+    packing = args.packing == "pack"
+    valid_set = SFTDataset(valid, seq, pad, packing) if valid else None
+    return SFTDataset(train, seq, pad, packing), valid_set, reports
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    config = run.resolve_config(args)
+
+    from megatron_llm.config.validation import validate
+    from megatron_llm.data.tokenizer import load_tokenizer
+    from megatron_llm.errors import UsageError
+    from megatron_llm.runtime.distributed import process_info
+    from megatron_llm.runtime.platform import detect_platform
+
+    platform = detect_platform()
+    validate(config, process_info().world_size, platform)
+    if args.packing == "pack":
+        from megatron_llm.model.builder import use_transformer_engine
+
+        if use_transformer_engine(config, platform):
+            # TE's causal attention ignores an arbitrary mask; packed sequences would attend across conversations.
+            raise UsageError("--packing pack needs the local attention (model.transformer_impl=local); with "
+                             "Transformer Engine use --packing pad")
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    template, default_template = run.chat_template(tokenizer)
+    train_set, valid_set, reports = build_sft_datasets(args, config, tokenizer, template)
+    if len(train_set) == 0:
+        run.report_data(reports, Path(args.run_dir), process_info().rank == 0)
+        raise UsageError(f"{args.data}: no usable conversation")
+    run.set_train_iters(config, len(train_set), args.epochs)
+    if valid_set is None:
+        config.schedule.eval_interval = None
+        config.schedule.eval_iters = 0
+    run.quiet_warnings()
+
+    import torch
+
+    from megatron_llm.runtime.distributed import destroy_distributed
+    from megatron_llm.training.loop import train
+
+    run_dir = Path(args.run_dir)
+    trainer = run.start_trainer(config, run_dir, args.init)
+    rank0 = torch.distributed.get_rank() == 0
+    try:
+        if default_template:
+            run.store_default_template(config, run_dir, write=rank0)
+        torch.distributed.barrier()
+        trainer.train_data = train_set
+        trainer.valid_data = valid_set
+        run.report_data(reports, run_dir, rank0)
+        if rank0:
+            print(f"sft: {train_set.num_conversations} conversations in {len(train_set)} samples "
+                  f"({args.packing}), {config.schedule.train_iters} steps", flush=True)
+        train(trainer)
+    finally:
+        destroy_distributed()
+    return int(getattr(trainer.state, "exit_code", 0) or 0)
