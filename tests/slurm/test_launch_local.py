@@ -1,0 +1,41 @@
+"""`megatron-llm launch` (torchrun on one machine) and the launcher's agreement with the engine's exit codes."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from megatron_llm.launch_slurm import REQUEUE_EXIT_CODE
+from megatron_llm.training import faults
+from tests.slurm.slurm_jobs import REPO, TINY, cli
+
+
+def test_launch_rejects_a_layout_that_does_not_fit_before_starting_workers():
+    result = cli("launch", "--nproc-per-node", "3", "--", "train", "--config", str(TINY),
+                 "--set", "parallel.pipeline=2")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "parallel.pipeline" in result.stderr
+    assert "torch.distributed" not in result.stderr
+
+
+def test_launch_dry_run_prints_the_torchrun_command():
+    result = cli("launch", "--nproc-per-node", "4", "--max-restarts", "2", "--dry-run", "--", "train",
+                 "--config", str(TINY), "--set", "parallel.tensor=2", "--run-dir", "runs/x")
+    assert result.returncode == 0, result.stderr
+    assert shlex.split(result.stdout) == [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "--max-restarts=2",
+        "-m", "megatron_llm", "train", "--config", str(TINY), "--set", "parallel.tensor=2", "--run-dir", "runs/x"]
+
+
+def test_launch_rejects_commands_that_do_not_run_under_torchrun():
+    for command in (["slurm", "status", "x"], ["no-such-command"], []):
+        result = cli("launch", "--nproc-per-node", "2", "--", *command)
+        assert result.returncode == 2, command
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_sbatch_template_and_submit_use_the_engines_requeue_exit_code():
+    assert REQUEUE_EXIT_CODE == faults.REQUEUE_EXIT_CODE
+    template = (REPO / "launch" / "slurm" / "pretrain.sbatch").read_text()
+    assert f'REQUEUE_EXIT_CODE="${{REQUEUE_EXIT_CODE:-{faults.REQUEUE_EXIT_CODE}}}"' in template
+    assert f'NO_RETRY_EXIT_CODES=" 2 {faults.BAD_STEPS_EXIT_CODE} "' in template
