@@ -27,6 +27,7 @@ setup(
     extras_require={
         "gpu": ["transformer-engine[pytorch]>=1.13"],
         "hf": ["transformers>=4.45", "accelerate>=0.26"],
+        "fast": ["gigatoken>=0.10"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -35,6 +36,7 @@ setup(
             "transformers>=4.45",
             "accelerate>=0.26",
             "lm-eval>=0.4",
+            "gigatoken>=0.10",
         ],
     },
     entry_points={"console_scripts": ["megatron-llm=megatron_llm.cli:main"]},

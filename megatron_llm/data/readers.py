@@ -208,8 +208,8 @@ def parse_line(raw: bytes, keys: tuple[str, ...] = ("text",)) -> tuple[dict | No
         doc = json.loads(text)
     except json.JSONDecodeError as error:
         if not text.strip():
-            return None, BAD_JSON, "invalid JSON (blank line)"
-        return None, BAD_JSON, f"invalid JSON ({error.msg} at column {error.colno})"
+            return None, BAD_JSON, "invalid JSON: blank line"
+        return None, BAD_JSON, f"invalid JSON: {error.msg} (column {error.colno})"
     reason, message = check_doc(doc, keys)
     if reason is not None:
         return None, reason, message
