@@ -17,7 +17,6 @@ import torch
 from megatron_llm.config.schema import Config
 from megatron_llm.errors import UsageError
 
-
 NO_PAD = -1  # megatron-core's pad id for tokenizers without one (never a real token id)
 
 
