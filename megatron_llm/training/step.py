@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 from megatron.core import parallel_state
+from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 
@@ -80,12 +82,34 @@ def train_step(model, optimizer, scheduler, data_iterators, num_microbatches: in
     loss = loss_sum / max(tokens, 1.0)
     if not torch.isfinite(torch.tensor(loss)):
         return StepResult(loss, None, True, int(tokens))
-    updated, grad_norm, _ = optimizer.step()
-    grad_norm = None if grad_norm is None else float(grad_norm)
-    skipped = not updated or grad_norm is None or not torch.isfinite(torch.tensor(grad_norm))
-    if not skipped:
+    updated, grad_norm = guarded_optimizer_step(optimizer)
+    if updated:
         scheduler.step(increment=global_batch_size)
-    return StepResult(loss, grad_norm, skipped, int(tokens))
+    return StepResult(loss, grad_norm, not updated, int(tokens))
+
+
+def _sub_optimizers(optimizer) -> list:
+    parts = getattr(optimizer, "chained_optimizers", [optimizer])
+    return [o for o in parts if not getattr(o, "is_stub_optimizer", False)]
+
+
+def guarded_optimizer_step(optimizer) -> tuple[bool, float | None]:
+    """megatron's optimizer step, except that a non-finite gradient norm skips the update.
+
+    (An fp32 megatron optimizer has no loss scaler, so it would otherwise apply NaN gradients: clipping
+    compares `max_norm / nan < 1`, which is False.) Returns (updated, grad_norm).
+    """
+    if optimizer.prepare_grads():
+        return False, None
+    grad_norm = float(optimizer.get_grad_norm())
+    if not math.isfinite(grad_norm):
+        return False, grad_norm
+    for sub in _sub_optimizers(optimizer):
+        params = sub.get_parameters()
+        if params and sub.config.clip_grad > 0.0:
+            clip_grad_by_total_norm_fp32(params, sub.config.clip_grad, grad_norm,
+                                         sub.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+    return bool(optimizer.step_with_ready_grads()), grad_norm
 
 
 @torch.no_grad()
