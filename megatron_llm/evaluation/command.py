@@ -105,10 +105,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.micro_batch_size < 1:
         raise UsageError(f"--micro-batch-size must be >= 1, got {args.micro_batch_size}")
-    from megatron_llm.posttrain.run import quiet_warnings
     from megatron_llm.runtime.distributed import destroy_distributed, process_info
 
-    quiet_warnings()
     try:
         output = evaluate(args)
     finally:

@@ -78,9 +78,8 @@ def main(argv: list[str]) -> int:
         raise UsageError("generate runs in one process (run it without torchrun)")
     from megatron_llm.evaluation.loading import load_for_inference
     from megatron_llm.posttrain.chat import encode_prompt
-    from megatron_llm.posttrain.run import chat_template, quiet_warnings
+    from megatron_llm.posttrain.run import chat_template
 
-    quiet_warnings()
     try:
         loaded = load_for_inference(args.checkpoint, [], args.tokenizer)
         tok, config = loaded.tokenizer, loaded.config

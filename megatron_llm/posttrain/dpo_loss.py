@@ -116,7 +116,6 @@ class DPOMetricsHook:
         if step % self.log_interval == 0 or step == trainer.train_iters:
             record = {"step": step, **self.step_func.take_stats()}
             self.writer.write(record)
-            trainer.state.history.append(record)
         return False
 
     def close(self, trainer: object) -> None:

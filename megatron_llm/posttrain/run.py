@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 from megatron_llm.config.loader import config_from_dict, load_config, save_config
@@ -111,11 +110,6 @@ def report_data(reports: list[DataReport], run_dir: Path, is_rank0: bool) -> Non
         report.print()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "data_report.json").write_text(json.dumps([r.to_dict() for r in reports], indent=1) + "\n")
-
-
-def quiet_warnings() -> None:
-    warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
-    warnings.filterwarnings("ignore", message=".*full scope is deprecated.*")
 
 
 def start_trainer(config: Config, run_dir: Path, init: str | None):

@@ -72,7 +72,6 @@ def main(argv: list[str]) -> int:
     if valid_set is None:
         config.schedule.eval_interval = None
         config.schedule.eval_iters = 0
-    run.quiet_warnings()
 
     import torch
 

@@ -195,7 +195,6 @@ class SpikeGuardHook:
              f"rolled back to step {state.step} and skipped samples {window[0]}..{window[1] - 1}")
         if self.writer is not None:
             self.writer.write(record)
-        state.history.append(record)
         return False
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 from megatron_llm.config.loader import load_config
@@ -35,8 +34,6 @@ def main(argv: list[str]) -> int:
     config = load_config(args.config, args.overrides)
     world_size = process_info().world_size
     validate(config, world_size, detect_platform())
-    warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
-    warnings.filterwarnings("ignore", message=".*full scope is deprecated.*")
 
     from megatron_llm.runtime.distributed import destroy_distributed
     from megatron_llm.training.faults import BAD_STEPS_EXIT_CODE, TrainingAborted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from megatron_llm.config.loader import save_config
 from megatron_llm.config.schema import Config
 from megatron_llm.model.builder import build_model_chunks
 from megatron_llm.model.flops import flops_per_step
+from megatron_llm.planning import warn_if_not_fitting
 from megatron_llm.runtime.distributed import init_distributed, set_seeds
 from megatron_llm.runtime.platform import detect_platform
 from megatron_llm.training import faults
@@ -41,7 +43,6 @@ class TrainState:
     consumed_samples: int = 0
     skipped_steps: int = 0
     skipped_windows: list[list[int]] = field(default_factory=list)
-    history: list[dict] = field(default_factory=list)
     exit_code: int = 0
 
 
@@ -113,6 +114,11 @@ def setup(config: Config, run_dir: Path, resume_from: Path | None = None, finetu
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
         print(summary, flush=True)
+        if platform.has_cuda:
+            memory = torch.cuda.get_device_properties(0).total_memory
+            warning = warn_if_not_fitting(config, torch.distributed.get_world_size(), memory)
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
     trainer = Trainer(
         config=config,
         run_dir=run_dir,
@@ -196,7 +202,6 @@ def train(trainer: Trainer, hooks: list | None = None) -> TrainState:
                 record["val_loss"] = run_validation(trainer)
             if record is not None:
                 writer.write(record)
-                state.history.append(record)
                 progress.update(record)
             progress.advance()
             stop = any([hook.after_step(trainer, result) for hook in hooks])
@@ -206,7 +211,6 @@ def train(trainer: Trainer, hooks: list | None = None) -> TrainState:
             record = {"step": state.step, "consumed_samples": state.consumed_samples,
                       "val_loss": run_validation(trainer)}
             writer.write(record)
-            state.history.append(record)
             progress.update(record)
         for hook in hooks:
             if hasattr(hook, "close"):

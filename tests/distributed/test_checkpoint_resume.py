@@ -20,7 +20,7 @@ from megatron_llm.training.checkpoint_format import METADATA, TRACKER, iter_dir,
 from megatron_llm.training.faults import REQUEUE_EXIT_CODE
 from tests.distributed.ckpt_runs import checkpoint_tensors, losses, metrics, train
 
-BASE = ["parallel.distributed_optimizer=true", "parallel.overlap_grad_reduce=false", "schedule.train_iters=8",
+BASE = ["parallel.distributed_optimizer=true", "schedule.train_iters=8",
         "checkpoint.save_interval=2"]
 TP2_PP2_DP2 = ["parallel.tensor=2", "parallel.pipeline=2", "parallel.virtual_pipeline=2"]
 TP1_PP2_DP4 = ["parallel.tensor=1", "parallel.pipeline=2"]

@@ -28,6 +28,8 @@ LAUNCHES = {
         [
             ["parallel.tensor=2", "parallel.pipeline=2", "parallel.distributed_optimizer=false"],
             ["parallel.tensor=2", "parallel.pipeline=2", "parallel.distributed_optimizer=true"],
+            ["parallel.tensor=2", "parallel.pipeline=2", "parallel.virtual_pipeline=2",
+             "parallel.sequence_parallel=true", "parallel.distributed_optimizer=true"],
         ],
     ),
 }
