@@ -40,7 +40,9 @@ def test_surviving_rank_exits_promptly_when_its_peer_is_killed(tmp_path):
             time.sleep(0.2)
         children = psutil.Process(ranks[0].pid).children(recursive=True)
         assert children, "rank 0 should have started megatron's checkpoint writer process"
-        ranks[1].send_signal(signal.SIGKILL)
+        # The peer dies as on a lost node: the rank and its own children (megatron's checkpoint writer).
+        for process in [psutil.Process(ranks[1].pid), *psutil.Process(ranks[1].pid).children(recursive=True)]:
+            process.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         ranks[0].wait(timeout=120)
         assert ranks[0].returncode != 0
