@@ -32,11 +32,37 @@ class _CudaToCpuMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.autograd.backward:
+            return _backward_in_mode(self, *args, **kwargs)
+        if func is torch.Tensor.backward:
+            tensor, gradient = args[0], args[1] if args[1:] else kwargs.get("gradient")
+            return _backward_in_mode(self, tensor, gradient, kwargs.get("retain_graph"),
+                                     kwargs.get("create_graph", False), kwargs.get("inputs"))
         if "device" in kwargs and _is_cuda_device(kwargs["device"]):
             kwargs = {**kwargs, "device": _CPU}
         if func is torch.Tensor.to and args[1:] and _is_cuda_device(args[1]):
             args = (args[0], _CPU, *args[2:])
         return func(*args, **kwargs)
+
+
+def _backward_in_mode(mode: TorchFunctionMode, tensors, grad_tensors=None, retain_graph=None,
+                      create_graph: bool = False, inputs=None) -> None:
+    """`torch.autograd.backward` with the mode kept active for everything the autograd engine runs.
+
+    A mode's handler runs with the mode switched off, so a backward pass dispatched through it would
+    run megatron's backward code (recomputed forwards under activation recompute, buffers allocated on
+    `torch.cuda.current_device()`) without the CUDA-to-CPU rewriting. This repeats the tail of
+    `torch.autograd.backward` (torch 2.13) with the mode re-entered around the engine call.
+    """
+    from torch.autograd import _make_grads, _tensor_or_tensors_to_tuple
+    from torch.autograd.graph import _engine_run_backward
+
+    tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+    inputs = () if inputs is None else ((inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs))
+    grads = _make_grads(tensors, _tensor_or_tensors_to_tuple(grad_tensors, len(tensors)), is_grads_batched=False)
+    with mode:
+        _engine_run_backward(tensors, grads, create_graph if retain_graph is None else retain_graph, create_graph,
+                             inputs, allow_unreachable=True, accumulate_grad=True)
 
 
 _CUDA_TYPE_NAMES = {

@@ -23,6 +23,13 @@ LAUNCHES = {
             ["parallel.distributed_optimizer=true"],
         ],
     ),
+    "recompute": (
+        2,
+        [
+            ["parallel.tensor=2", "parallel.sequence_parallel=true", "model.recompute=selective"],
+            ["parallel.pipeline=2", "model.recompute=full"],
+        ],
+    ),
     "tp2-pp2-dp2": (
         8,
         [
