@@ -26,9 +26,10 @@ def layout_problems(config: Config, world_size: int) -> list[str]:
         problems.append(
             f"model.num_attention_heads={m.num_attention_heads} is not divisible by parallel.tensor={p.tensor}"
         )
-    if m.query_groups % p.tensor:
+    if m.query_groups % p.tensor and p.tensor % m.query_groups:
+        # With fewer groups than TP ranks megatron-core replicates each key/value head on TP / groups ranks.
         problems.append(
-            f"model.num_query_groups={m.query_groups} is not divisible by parallel.tensor={p.tensor}"
+            f"model.num_query_groups={m.query_groups} and parallel.tensor={p.tensor}: one must divide the other"
         )
     if m.num_attention_heads % m.query_groups:
         problems.append(

@@ -62,3 +62,17 @@ def test_layouts_match_single_process(launch, reference, tmp_path):
         assert got["grad_norm"] == pytest.approx(reference["grad_norm"], rel=RTOL), f"grad norm differs for {label}"
     # The run must actually train: the loss falls over the 5 steps.
     assert reference["loss"][-1] < reference["loss"][0] - 0.05
+
+
+def test_fewer_query_groups_than_tensor_ranks_matches_single_process(tmp_path):
+    """One key/value head shared by both TP ranks (megatron-core replicates it), as with Qwen2-0.5B at TP=4."""
+    gqa = ["model.num_query_groups=1"]
+    torchrun(1, WORKER, str(tmp_path / "ref.json"), str(tmp_path / "ref"), json.dumps(gqa))
+    reference = json.loads((tmp_path / "ref.json").read_text())[" ".join(gqa)]
+    layouts = [gqa + ["parallel.tensor=2"], gqa + ["parallel.tensor=2", "parallel.sequence_parallel=true"]]
+    torchrun(2, WORKER, str(tmp_path / "out.json"), str(tmp_path / "tp"), *[json.dumps(layout) for layout in layouts])
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert len(results) == 2
+    for name, got in results.items():
+        assert got["loss"] == pytest.approx(reference["loss"], rel=RTOL), name
+        assert got["grad_norm"] == pytest.approx(reference["grad_norm"], rel=RTOL), name

@@ -76,8 +76,7 @@ def tokenizer_dir(work) -> Path:
 
 
 def layouts(tokenizer: Path) -> dict[str, list[str]]:
-    # PP=2 runs with 2 virtual stages: megatron_llm's CPU builder turns on overlap_p2p_comm, which
-    # megatron-core's non-interleaved schedule refuses.
+    # PP=2 with 2 virtual stages: the interleaved schedule, the hardest case for merging pipeline shards.
     tp2pp2 = ["parallel.tensor=2", "parallel.pipeline=2", "parallel.virtual_pipeline=2"]
     return {
         # padded vocabulary (400 -> 512), non-default rope theta with llama3 scaling, untied output layer
@@ -87,9 +86,8 @@ def layouts(tokenizer: Path) -> dict[str, list[str]]:
         # tied embeddings across pipeline stages (and virtual stages), q/k/v bias, head_dim != hidden / heads
         "tied_vpp_bias": tp2pp2 + ["model.tie_embeddings=true",
                                    "model.add_qkv_bias=true", "model.kv_channels=24", "model.vocab_size=500"],
-        # one query group on two TP ranks (and DP=2): megatron-core 0.16.1 builds it, splitting the grouped qkv
-        # rows across ranks, but its backward does not run on CPU, so this model is saved untrained
-        "groups_below_tp": ["parallel.tensor=2", "model.num_query_groups=1", "schedule.train_iters=0"],
+        # one query group on two TP ranks (and DP=2): megatron-core replicates the key/value head on both ranks
+        "groups_below_tp": ["parallel.tensor=2", "model.num_query_groups=1"],
     }
 
 

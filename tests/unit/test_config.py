@@ -24,7 +24,8 @@ def run_train(capsys, monkeypatch, world_size: int, *overrides: str) -> tuple[in
     "world_size, overrides, expected",
     [
         (2, ["parallel.tensor=8"], "model.num_attention_heads=4 is not divisible by parallel.tensor=8"),
-        (4, ["parallel.tensor=4"], "model.num_query_groups=2 is not divisible by parallel.tensor=4"),
+        (2, ["model.num_attention_heads=6", "model.num_query_groups=3", "model.kv_channels=16", "parallel.tensor=2"],
+         "model.num_query_groups=3 and parallel.tensor=2: one must divide the other"),
         (3, ["parallel.pipeline=3"], "model.num_layers=4 is not divisible by parallel.pipeline x parallel.virtual"),
         (4, ["parallel.pipeline=2", "parallel.virtual_pipeline=4"], "model.num_layers=4 is not divisible"),
         (3, ["parallel.tensor=2"], "world size 3 is not divisible by parallel.tensor x parallel.pipeline"),
