@@ -18,6 +18,7 @@ imports torch (nor transformers).
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from itertools import chain
 from pathlib import Path
 
@@ -30,7 +31,7 @@ KINDS = ("sentencepiece", "hf")
 MODEL_FILES = {"sentencepiece": "tokenizer.model", "hf": "tokenizer.json"}
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """Common API: `encode`, `encode_batch`, `encode_flat` (for bulk work), `decode` and the special ids."""
 
     kind: str
@@ -42,9 +43,9 @@ class Tokenizer:
     special_tokens: list[str]
     chat_template: str | None = None
 
+    @abstractmethod
     def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(ids of all texts back to back as int64, number of ids per text)."""
-        raise NotImplementedError
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
@@ -58,8 +59,9 @@ class Tokenizer:
             start += length
         return out
 
+    @abstractmethod
     def decode(self, ids: list[int]) -> str:
-        raise NotImplementedError
+        """The text of `ids`."""
 
     def manifest(self) -> dict:
         return {

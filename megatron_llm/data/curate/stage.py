@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import Counter
 
 
-class DocStage:
+class DocStage(ABC):
     """A per-document step: it may rewrite the text, add fields to the document, or reject it.
 
     `process` returns `(text, None)` to keep the document (with `text` as its new text) or
@@ -19,5 +20,6 @@ class DocStage:
         self.label = label
         self.counters: Counter[str] = Counter()
 
+    @abstractmethod
     def process(self, text: str, doc: dict) -> tuple[str, str | None]:
-        raise NotImplementedError
+        """(new text, None) to keep the document, (text, reason) to remove it."""
