@@ -22,7 +22,7 @@ from megatron_llm.config.schema import Config
 from megatron_llm.config.validation import layout_problems
 from megatron_llm.convert import mapping
 from megatron_llm.convert.hf_config import hf_dtype, model_config_from_hf, read_config_json
-from megatron_llm.convert.hf_files import SafetensorsReader
+from megatron_llm.convert.hf_files import SafetensorsReader, publish
 from megatron_llm.errors import UsageError
 from megatron_llm.model.vocab import padded_vocab_size
 
@@ -184,9 +184,7 @@ def import_from_hf(hf_dir: str | Path, output: str | Path, tensor: int = 1, pipe
             import torch.multiprocessing as mp
 
             mp.start_processes(_rank_main, args=args, nprocs=world, start_method="spawn")
-        if output.exists():
-            output.rmdir()
-        os.replace(staging, output)
+        publish(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

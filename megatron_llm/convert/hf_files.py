@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -136,3 +137,10 @@ def _numel(shape: tuple[int, ...]) -> int:
     for dim in shape:
         count *= dim
     return count
+
+
+def publish(staging: Path, output: Path) -> None:
+    """Rename a finished staging directory to `output` (replacing the empty directory a caller may have made)."""
+    if output.exists():
+        output.rmdir()
+    os.replace(staging, output)

@@ -22,7 +22,7 @@ from megatron_llm.config.schema import Config
 from megatron_llm.convert import mapping
 from megatron_llm.convert.dist_reader import TorchDistReader
 from megatron_llm.convert.hf_config import DTYPES, hf_config_dict
-from megatron_llm.convert.hf_files import StreamingSafetensorsWriter
+from megatron_llm.convert.hf_files import StreamingSafetensorsWriter, publish
 from megatron_llm.errors import UsageError
 from megatron_llm.training.checkpoint_format import read_metadata, resolve_checkpoint, verify_directory
 
@@ -126,9 +126,7 @@ def export_to_hf(checkpoint: str | Path, output: str | Path, iteration: int | No
             from megatron_llm.data.tokenizer import export_for_hf
 
             export_for_hf(tok_path, staging)
-        if output.exists():
-            output.rmdir()
-        os.replace(staging, output)
+        publish(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

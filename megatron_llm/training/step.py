@@ -56,6 +56,21 @@ def _global_loss(losses: list[dict]) -> tuple[float, float]:
     return float(totals[0]), float(totals[1])
 
 
+def _run_schedule(model, data_iterators, forward_step_func, num_microbatches: int, seq_length: int,
+                  micro_batch_size: int, forward_only: bool) -> tuple[float, float]:
+    """One global batch through megatron-core's pipeline schedule; (loss sum, token count) on every rank."""
+    losses = get_forward_backward_func()(
+        forward_step_func=forward_step_func,
+        data_iterator=data_iterators if len(model) > 1 else data_iterators[0],
+        model=model,
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
+    return _global_loss(losses)
+
+
 @dataclass
 class StepResult:
     loss: float
@@ -69,16 +84,8 @@ def train_step(model, optimizer, scheduler, data_iterators, num_microbatches: in
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    losses = get_forward_backward_func()(
-        forward_step_func=forward_step_func,
-        data_iterator=data_iterators if len(model) > 1 else data_iterators[0],
-        model=model,
-        num_microbatches=num_microbatches,
-        seq_length=seq_length,
-        micro_batch_size=micro_batch_size,
-        forward_only=False,
-    )
-    loss_sum, tokens = _global_loss(losses)
+    loss_sum, tokens = _run_schedule(model, data_iterators, forward_step_func, num_microbatches, seq_length,
+                                     micro_batch_size, forward_only=False)
     loss = loss_sum / max(tokens, 1.0)
     if not torch.isfinite(torch.tensor(loss)):
         return StepResult(loss, None, True, int(tokens))
@@ -120,16 +127,8 @@ def evaluate(model, data_iterators, num_microbatches: int, seq_length: int, micr
         chunk.eval()
     loss_sum = tokens = 0.0
     for _ in range(eval_iters):
-        losses = get_forward_backward_func()(
-            forward_step_func=forward_step_func,
-            data_iterator=data_iterators if len(model) > 1 else data_iterators[0],
-            model=model,
-            num_microbatches=num_microbatches,
-            seq_length=seq_length,
-            micro_batch_size=micro_batch_size,
-            forward_only=True,
-        )
-        step_sum, step_tokens = _global_loss(losses)
+        step_sum, step_tokens = _run_schedule(model, data_iterators, forward_step_func, num_microbatches,
+                                              seq_length, micro_batch_size, forward_only=True)
         loss_sum += step_sum
         tokens += step_tokens
     for chunk in model:

@@ -14,9 +14,6 @@ def torchrun(nproc: int, script: str, *args: str, timeout: int = 900, env: dict 
     """Run `script` under torchrun with `nproc` processes; fail with its output when it fails."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                script, *args]
-    if nproc == 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
-                   script, *args]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                             env={**os.environ, **(env or {})})
     if result.returncode != 0:
