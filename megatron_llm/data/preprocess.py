@@ -12,14 +12,21 @@ import dataclasses
 import os
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from megatron_llm.data.indexed_writer import IndexedDatasetWriter, optimal_dtype
 from megatron_llm.data.preprocess_inputs import Chunk, Source, iter_chunks, line_number_at, plan_sources
-from megatron_llm.data.preprocess_worker import BadRecord, ChunkResult, EncodeOptions, encode_chunk, init_worker
+from megatron_llm.data.preprocess_worker import (
+    BadRecord,
+    ChunkResult,
+    EncodeOptions,
+    encode_chunk,
+    init_worker,
+    init_worker_from_queue,
+)
 from megatron_llm.data.readers import ERROR_REASONS, expand_inputs
 from megatron_llm.data.tokenizer import Tokenizer, load_tokenizer
 from megatron_llm.errors import UsageError, located
@@ -93,25 +100,45 @@ class Stats:
     input_bytes: int = 0
 
 
-def ordered_results(
-    chunks: Iterator[Chunk], tokenizer: Tokenizer, options: EncodeOptions, workers: int
-) -> Iterator[tuple[Chunk, ChunkResult]]:
-    """(chunk, result) in input order; with workers > 1 at most 2 chunks per worker are in flight."""
-    if workers == 1:
-        init_worker(tokenizer, options)
-        for chunk in chunks:
-            yield chunk, encode_chunk(chunk)
-        return
-    import multiprocessing
-    from collections import deque
+class _WorkerPool:
+    """Worker processes started before the tokenizer is loaded, so that their start-up (a fresh interpreter
+    each) overlaps the main process's tokenizer loading (seconds with Megatron-LM's HuggingFaceTokenizer);
+    each worker then takes the tokenizer from a queue. With one worker everything runs in this process."""
 
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=init_worker, initargs=(tokenizer, options)) as pool:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pool = self.queue = None
+        if workers > 1:
+            import multiprocessing
+
+            context = multiprocessing.get_context("spawn")
+            self.queue = context.SimpleQueue()
+            self.pool = context.Pool(workers, initializer=init_worker_from_queue, initargs=(self.queue,))
+
+    def __enter__(self) -> _WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def results(
+        self, chunks: Iterator[Chunk], tokenizer: Tokenizer, options: EncodeOptions
+    ) -> Iterator[tuple[Chunk, ChunkResult]]:
+        """(chunk, result) in input order; at most 2 chunks per worker are in flight."""
+        if self.pool is None:
+            init_worker(tokenizer, options)
+            for chunk in chunks:
+                yield chunk, encode_chunk(chunk)
+            return
+        for _ in range(self.workers):
+            self.queue.put((tokenizer, options))
         pending: deque = deque()
         for chunk in chunks:
             meta = dataclasses.replace(chunk, data=None, files=None)
-            pending.append((meta, pool.apply_async(encode_chunk, (chunk,))))
-            if len(pending) >= 2 * workers:
+            pending.append((meta, self.pool.apply_async(encode_chunk, (chunk,))))
+            if len(pending) >= 2 * self.workers:
                 done, waiting = pending.popleft()
                 yield done, waiting.get()
         while pending:
@@ -130,6 +157,11 @@ def _locate(bad: BadRecord, chunk: Chunk, sources: dict[int, Source]) -> tuple[s
 def run(args: argparse.Namespace) -> Stats:
     """Tokenize the input into the output datasets; returns the counts for the summary."""
     _validate(args)
+    with _WorkerPool(args.workers) as pool:
+        return _run(args, pool)
+
+
+def _run(args: argparse.Namespace, pool: _WorkerPool) -> Stats:
     tokenizer = resolve_tokenizer(args)
     files = expand_inputs(args.input)
     sources = plan_sources(files, args.shard_index, args.num_shards, args.text_unit)
@@ -148,7 +180,7 @@ def run(args: argparse.Namespace) -> Stats:
             for key in keys
         }
         progress = stack.enter_context(_progress(total_bytes))
-        for chunk, result in ordered_results(iter_chunks(sources, list(keys)), tokenizer, options, args.workers):
+        for chunk, result in pool.results(iter_chunks(sources, list(keys)), tokenizer, options):
             if result.bad and args.on_error == "stop":
                 bad = result.bad[0]
                 path, line = _locate(bad, chunk, by_index)

@@ -64,6 +64,11 @@ def init_worker(tokenizer: Tokenizer, options: EncodeOptions) -> None:
     _STATE["options"] = options
 
 
+def init_worker_from_queue(queue) -> None:
+    """Pool initializer when the pool starts before the tokenizer is ready: wait for (tokenizer, options)."""
+    init_worker(*queue.get())
+
+
 def encode_chunk(chunk: Chunk) -> ChunkResult:
     tokenizer: Tokenizer = _STATE["tokenizer"]
     options: EncodeOptions = _STATE["options"]

@@ -10,7 +10,9 @@ is a known piece. So we normalize with SentencePiece's own normalizer, split int
 distinct word once (through a copy of the model whose normalizer is switched off), caching the result.
 
 When a model does not satisfy those conditions (unigram, whitespace-as-suffix, pieces spanning a space)
-every text goes to SentencePiece directly. Nothing here imports torch.
+every text goes to SentencePiece directly. A byte-fallback BPE model, the common case, skips all of this when
+`gigatoken` is installed: normalized text goes to it whole (`bpe_backend` says why its ids are
+SentencePiece's), several times faster again. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import re
 from itertools import chain
 
 import numpy as np
+
+from megatron_llm.data.bpe_backend import sentencepiece_gigatoken_encoder
 
 SPACE = "\u2581"
 _SENTINEL = "\x00"  # a "word" that stands for the end of a text
@@ -41,23 +45,42 @@ class SentencePieceEncoder:
         self.processor.load_from_serialized_proto(model_proto)
         model = sentencepiece_model_pb2.ModelProto()
         model.ParseFromString(model_proto)
-        self.mode = "words" if _words_are_independent(model) else "plain"
         self._identity = _is_plain_identity(model.normalizer_spec)
         self._dummy_prefix = model.normalizer_spec.add_dummy_prefix
         self._store = _WordStore(cache_entries)
         self._separator = None
         self._raw = None
-        if self.mode != "plain":
-            spec = model.normalizer_spec
-            spec.name = "identity"
-            spec.precompiled_charsmap = b""
-            spec.add_dummy_prefix = False
-            spec.remove_extra_whitespaces = False
-            spec.escape_whitespaces = False
-            self._raw = sentencepiece.SentencePieceProcessor()
-            self._raw.load_from_serialized_proto(model.SerializeToString())
-            if model.trainer_spec.byte_fallback and self._raw.piece_to_id("<0x00>") != self._raw.unk_id():
-                self._separator = self._raw.piece_to_id("<0x00>")
+        self._gigatoken = None
+        self._model = model
+        self._mode: str | None = None
+
+    @property
+    def mode(self) -> str:
+        """"gigatoken", "words" or "plain" (see the module docstring); chosen on first use, so that a process
+        that only holds the tokenizer (preprocess-data's main process) does not pay for the set-up."""
+        if self._mode is None:
+            self._mode = self._set_up(self._model)
+        return self._mode
+
+    def _set_up(self, model) -> str:
+        import sentencepiece
+
+        self._gigatoken = sentencepiece_gigatoken_encoder(model, self.processor, self._normalize)
+        if self._gigatoken is not None:
+            return "gigatoken"
+        if not _words_are_independent(model):
+            return "plain"
+        spec = model.normalizer_spec
+        spec.name = "identity"
+        spec.precompiled_charsmap = b""
+        spec.add_dummy_prefix = False
+        spec.remove_extra_whitespaces = False
+        spec.escape_whitespaces = False
+        self._raw = sentencepiece.SentencePieceProcessor()
+        self._raw.load_from_serialized_proto(model.SerializeToString())
+        if model.trainer_spec.byte_fallback and self._raw.piece_to_id("<0x00>") != self._raw.unk_id():
+            self._separator = self._raw.piece_to_id("<0x00>")
+        return "words"
 
     def encode(self, text: str) -> list[int]:
         return self.processor.encode(text)
@@ -72,6 +95,8 @@ class SentencePieceEncoder:
         """(all ids back to back as int64, number of ids per text)."""
         if not texts:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        if self.mode == "gigatoken":
+            return self._gigatoken.encode_flat(self._normalize(texts))
         if self.mode == "plain" or any(mark in text for text in texts for mark in _RESERVED):
             encoded = self.processor.encode(texts, num_threads=1)
             lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))

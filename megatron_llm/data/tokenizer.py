@@ -63,6 +63,11 @@ class Tokenizer(ABC):
     def decode(self, ids: list[int]) -> str:
         """The text of `ids`."""
 
+    @property
+    def encoder_name(self) -> str:
+        """Which implementation encodes, for reports."""
+        return self.kind
+
     def manifest(self) -> dict:
         return {
             "kind": self.kind,
@@ -130,6 +135,11 @@ class SentencePieceTokenizer(Tokenizer):
             "chat_template": self.chat_template,
             "split_specials": self.split_specials,
         }
+
+    @property
+    def encoder_name(self) -> str:
+        """"gigatoken", "words" (SentencePiece behind a per-word cache) or "plain" (SentencePiece alone)."""
+        return self.encoder.mode
 
     def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self._split is None:
@@ -235,12 +245,21 @@ class HFTokenizer(Tokenizer):
         }
         return (_rebuild_hf, (self._json, state))
 
-    def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def encoder_name(self) -> str:
+        """"gigatoken" when its verified encoder is in use, else "tokenizers"."""
+        self._check_accelerator()
+        return "gigatoken" if self._accelerated is not None else "tokenizers"
+
+    def _check_accelerator(self) -> None:
         if not self._accelerator_checked:
             from megatron_llm.data.bpe_backend import gigatoken_encoder
 
             self._accelerated = gigatoken_encoder(self._json, self.backend)
             self._accelerator_checked = True
+
+    def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        self._check_accelerator()
         if self._accelerated is not None:
             return self._accelerated.encode_flat(texts)
         encode = self._fast or self.backend.encode_batch

@@ -110,28 +110,21 @@ def _sentencepiece_with_specials(proto: bytes, path: str) -> Tokenizer:
 
 
 def _hugging_face(directory: str) -> Tokenizer:
+    from megatron_llm.data.hf_tokenizer_loader import LoadError, describe
+
     try:
-        import transformers
+        described = describe(directory)
     except ImportError as error:
         raise UsageError("--tokenizer-type HuggingFaceTokenizer needs the transformers package") from error
-    try:
-        hf = transformers.AutoTokenizer.from_pretrained(directory)
-    except (OSError, ValueError) as error:
+    except LoadError as error:
         raise UsageError(f"--tokenizer-model {directory}: cannot load a Hugging Face tokenizer: {error}") from error
-    if hf.eos_token_id is None:
+    if described["eos_id"] is None:
         raise UsageError(f"--tokenizer-model {directory}: no eos_token (Megatron-LM uses it as EOD)")
-    common = {
-        "bos_id": hf.bos_token_id,
-        "pad_id": hf.pad_token_id,
-        "unk_id": hf.unk_token_id,
-        "vocab_size": len(hf),
-        "special_tokens": list(hf.all_special_tokens),
-        "chat_template": getattr(hf, "chat_template", None),
-    }
-    backend = getattr(hf, "backend_tokenizer", None)
-    if backend is None:
-        return TransformersTokenizer(directory, hf.eos_token_id, **common)
-    return HFTokenizer(backend.to_str(), hf.eos_token_id, **common)
+    common = {key: described[key] for key in ("bos_id", "pad_id", "unk_id", "vocab_size", "special_tokens")}
+    common["chat_template"] = described["chat_template"]
+    if described["tokenizer_json"] is None:
+        return TransformersTokenizer(directory, described["eos_id"], **common)
+    return HFTokenizer(described["tokenizer_json"], described["eos_id"], **common)
 
 
 class TransformersTokenizer(Tokenizer):

@@ -108,12 +108,21 @@ def test_interrupted_writes_never_leave_a_valid_looking_pair(tmp_path, monkeypat
     assert sorted(os.listdir(tmp_path)) == ["d.bin"]
 
 
-def test_preprocessing_imports_neither_torch_nor_megatron(tmp_path, tokenizer_dir):
+@pytest.mark.parametrize("megatron_flags", [False, True])
+def test_preprocessing_imports_neither_torch_nor_megatron(tmp_path, tokenizer_dir, megatron_flags):
+    """Also with Megatron-LM's HuggingFaceTokenizer flags, where transformers loads the directory (in a
+    helper process that hides torch; test_preprocess_megatron compares its ids with transformers')."""
+    from megatron_llm.data.tokenizer import export_for_hf
+
     write_jsonl(tmp_path / "in.jsonl", multilingual_documents(20))
+    tokenizer = ["--tokenizer", str(tokenizer_dir)]
+    if megatron_flags:
+        export_for_hf(tokenizer_dir, tmp_path / "hf")
+        tokenizer = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tmp_path / "hf")]
     script = (
         "import sys; from megatron_llm import cli\n"
         f"code = cli.main(['preprocess-data', '--input', {str(tmp_path / 'in.jsonl')!r}, '--output-prefix',"
-        f" {str(tmp_path / 'o')!r}, '--tokenizer', {str(tokenizer_dir)!r}, '--workers', '2'])\n"
+        f" {str(tmp_path / 'o')!r}, *{tokenizer!r}, '--workers', '2'])\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')"
         " or m.startswith('megatron.core'))\n"
         "print(code, heavy)\n"

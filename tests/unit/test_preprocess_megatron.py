@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from megatron_llm.data import preprocess
+from megatron_llm.data.bpe_backend import ENV
 from megatron_llm.data.sp_encoder import SentencePieceEncoder
 from tests.unit.test_preprocess_corpus import (
     multilingual_documents,
@@ -124,32 +125,46 @@ def fuzz_texts(seed: int, count: int) -> list[str]:
 @pytest.mark.parametrize(
     "options, mode",
     [
-        ({}, "words"),
+        ({}, "gigatoken"),
         ({"normalization_rule_name": "identity", "remove_extra_whitespaces": False,
-          "allow_whitespace_only_pieces": True}, "words"),
+          "allow_whitespace_only_pieces": True}, "gigatoken"),
         ({"normalization_rule_name": "identity", "remove_extra_whitespaces": False, "add_dummy_prefix": False,
-          "allow_whitespace_only_pieces": True}, "words"),
+          "allow_whitespace_only_pieces": True}, "gigatoken"),
         ({"normalization_rule_name": "identity", "remove_extra_whitespaces": False, "add_dummy_prefix": False},
-         "words"),
+         "gigatoken"),
+        ({"user_defined_symbols": ["<|im_start|>", "@@", "<tool>", "é"], "character_coverage": 0.98}, "gigatoken"),
         ({"byte_fallback": False, "vocab_size": 500}, "words"),
         ({"model_type": "unigram", "vocab_size": 500}, "plain"),
         ({"treat_whitespace_as_suffix": True}, "plain"),
     ],
 )
-def test_fast_sentencepiece_encoder_gives_sentencepiece_ids(tmp_path, corpus, options, mode):
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_fast_sentencepiece_encoder_gives_sentencepiece_ids(tmp_path, corpus, options, mode, backend, monkeypatch):
+    """Every encoder path (gigatoken, per-word cache, SentencePiece itself) against SentencePiece, on held-out
+    multilingual text with characters outside the vocabulary and fuzzed whitespace, marks and specials."""
     import sentencepiece
 
+    monkeypatch.setenv(ENV, backend)
     model = train_sentencepiece(tmp_path / "m", corpus[::2], **options)
     proto = open(model, "rb").read()
     encoder = SentencePieceEncoder(proto, cache_entries=2000)
-    assert encoder.mode == mode
+    expected_mode = "words" if mode == "gigatoken" and backend == "reference" else mode
+    assert encoder.mode == expected_mode
     processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
     texts = corpus[1::2] + fuzz_texts(len(options), 3000)
+    texts += [f"x{token}y{token}{token[:-1]} {token}" for token in options.get("user_defined_symbols", [])]
     got = []
     for start in range(0, len(texts), 97):
         got += encoder.encode_batch(texts[start : start + 97])
     assert got == processor.encode(texts)
     assert encoder.encode_batch(["a\x00b", "\x01"]) == processor.encode(["a\x00b", "\x01"])
+
+
+def test_gigatoken_when_required_but_not_applicable_is_an_error(tmp_path, corpus, monkeypatch):
+    monkeypatch.setenv(ENV, "gigatoken")
+    proto = open(train_sentencepiece(tmp_path / "m", corpus[::4], byte_fallback=False, vocab_size=500), "rb").read()
+    with pytest.raises(RuntimeError, match="not a byte-fallback BPE"):
+        SentencePieceEncoder(proto).encode_flat(["x"])
 
 
 def test_identity_normalization_shortcut_matches_sentencepiece(tmp_path, corpus):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from megatron_llm.data.bpe_backend import ENV, gigatoken_encoder
+from megatron_llm.data.bpe_backend import ENV, GigatokenEncoder, gigatoken_encoder
 from megatron_llm.data.tokenizer import HFTokenizer, load_tokenizer
 from tests.unit.test_preprocess_corpus import multilingual_documents, stdlib_documents, train_tokenizer_dir
 
@@ -42,3 +43,12 @@ def test_gigatoken_steps_aside_for_a_post_processor_and_on_request(byte_bpe, mon
     assert with_bos.encode("hi")[0] == 1
     monkeypatch.setenv(ENV, "tokenizers")
     assert gigatoken_encoder(byte_bpe._json, byte_bpe.backend) is None
+
+
+def test_gigatoken_encoder_rebuilt_to_bound_memory_gives_the_same_ids(byte_bpe):
+    texts = stdlib_documents(200_000, skip=90)
+    once = GigatokenEncoder(byte_bpe._json).encode_flat(texts)
+    rebuilt = GigatokenEncoder(byte_bpe._json, rebuild_chars=5_000)
+    parts = [rebuilt.encode_flat(texts[start : start + 7]) for start in range(0, len(texts), 7)]
+    assert np.concatenate([ids for ids, _ in parts]).tolist() == once[0].tolist()
+    assert np.concatenate([lengths for _, lengths in parts]).tolist() == once[1].tolist()
