@@ -104,13 +104,21 @@ def gigatoken_encoder(tokenizer_json: str, backend) -> GigatokenEncoder | None:
     return _verified(lambda: GigatokenEncoder(tokenizer_json), expected, PROBES)
 
 
-def sentencepiece_gigatoken_encoder(model, processor, normalize) -> GigatokenEncoder | None:
-    """A verified gigatoken encoder for already-normalized text of this SentencePiece model (a ModelProto),
-    or None when the model is outside the class the equivalence argument covers."""
+def sentencepiece_gigatoken_json(model) -> str | None:
+    """`sentencepiece_tokenizer_json(model)`, or None when gigatoken is switched off or cannot be used."""
+    choice = _choice()
+    if choice in _REFERENCE:
+        return None
     converted = sentencepiece_tokenizer_json(model)
+    if converted is None and choice == "gigatoken":
+        raise RuntimeError(f"{ENV}=gigatoken but this SentencePiece model is not a byte-fallback BPE it covers")
+    return converted
+
+
+def sentencepiece_gigatoken_encoder(converted: str | None, model, processor, normalize) -> GigatokenEncoder | None:
+    """A gigatoken encoder for already-normalized text, from `sentencepiece_gigatoken_json(model)`, checked
+    against SentencePiece on probe texts; None when there is no conversion or the check fails."""
     if converted is None:
-        if _choice() == "gigatoken":
-            raise RuntimeError(f"{ENV}=gigatoken but this SentencePiece model is not a byte-fallback BPE it covers")
         return None
     user_defined = [piece.piece for piece in model.pieces if piece.type == _USER_DEFINED]
     probes = PROBES + [f"x{token}y {token}{token} {token[:-1]}" for token in user_defined[:64]]

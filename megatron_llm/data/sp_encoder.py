@@ -22,7 +22,7 @@ from itertools import chain
 
 import numpy as np
 
-from megatron_llm.data.bpe_backend import sentencepiece_gigatoken_encoder
+from megatron_llm.data.bpe_backend import sentencepiece_gigatoken_encoder, sentencepiece_gigatoken_json
 
 SPACE = "\u2581"
 _SENTINEL = "\x00"  # a "word" that stands for the end of a text
@@ -32,12 +32,13 @@ _RESERVED = (_SENTINEL, _FIRST, _RUN)
 _GROUP = 2048
 _BPE = 2
 _NORMAL = 1
+_NOT_CONVERTED = object()
 
 
 class SentencePieceEncoder:
     """Batch encoder over one SentencePiece model (given as its serialized proto)."""
 
-    def __init__(self, model_proto: bytes, cache_entries: int = 1 << 19) -> None:
+    def __init__(self, model_proto: bytes, cache_entries: int = 1 << 19, gigatoken_json=_NOT_CONVERTED) -> None:
         import sentencepiece
         from sentencepiece import sentencepiece_model_pb2
 
@@ -51,8 +52,16 @@ class SentencePieceEncoder:
         self._separator = None
         self._raw = None
         self._gigatoken = None
+        self._gigatoken_json = gigatoken_json
         self._model = model
         self._mode: str | None = None
+
+    def gigatoken_json(self) -> str | None:
+        """The model restated for gigatoken (None when it is not used), computed once. It travels with a
+        pickled tokenizer, so preprocess-data's main process converts while its workers start up."""
+        if self._gigatoken_json is _NOT_CONVERTED:
+            self._gigatoken_json = sentencepiece_gigatoken_json(self._model)
+        return self._gigatoken_json
 
     @property
     def mode(self) -> str:
@@ -65,7 +74,7 @@ class SentencePieceEncoder:
     def _set_up(self, model) -> str:
         import sentencepiece
 
-        self._gigatoken = sentencepiece_gigatoken_encoder(model, self.processor, self._normalize)
+        self._gigatoken = sentencepiece_gigatoken_encoder(self.gigatoken_json(), model, self.processor, self._normalize)
         if self._gigatoken is not None:
             return "gigatoken"
         if not _words_are_independent(model):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_llm.data.sp_encoder import SentencePieceEncoder
 from megatron_llm.errors import UsageError
 
 MANIFEST = "megatron_llm_tokenizer.json"
@@ -104,11 +105,10 @@ class SentencePieceTokenizer(Tokenizer):
         special_tokens: list[str] | None = None,
         chat_template: str | None = None,
         split_specials: dict[str, int] | None = None,
+        encoder: SentencePieceEncoder | None = None,
     ) -> None:
-        from megatron_llm.data.sp_encoder import SentencePieceEncoder
-
         self._model_proto = model_proto
-        self.encoder = SentencePieceEncoder(model_proto)
+        self.encoder = encoder or SentencePieceEncoder(model_proto)
         self.piece_count = self.encoder.processor.get_piece_size()
         self.vocab_size = vocab_size if vocab_size is not None else self.piece_count
         self.eod_id, self.bos_id, self.pad_id, self.unk_id = eod_id, bos_id, pad_id, unk_id
@@ -122,7 +122,7 @@ class SentencePieceTokenizer(Tokenizer):
             self._split = re.compile("|".join(re.escape(token) for token in self.split_specials))
 
     def __reduce__(self):
-        return (_rebuild_sentencepiece, (self._model_proto, self._state()))
+        return (_rebuild_sentencepiece, (self._model_proto, self._state(), self.encoder.gigatoken_json()))
 
     def _state(self) -> dict:
         return {
@@ -198,8 +198,9 @@ class SentencePieceTokenizer(Tokenizer):
         return "".join(out)
 
 
-def _rebuild_sentencepiece(model_proto: bytes, state: dict) -> SentencePieceTokenizer:
-    return SentencePieceTokenizer(model_proto, **state)
+def _rebuild_sentencepiece(model_proto: bytes, state: dict, gigatoken_json: str | None) -> SentencePieceTokenizer:
+    encoder = SentencePieceEncoder(model_proto, gigatoken_json=gigatoken_json)
+    return SentencePieceTokenizer(model_proto, encoder=encoder, **state)
 
 
 class HFTokenizer(Tokenizer):
