@@ -60,23 +60,7 @@ def main(argv: list[str]) -> int:
         raise UsageError("dpo needs --init (the SFT checkpoint; also the reference unless --ref is given)")
     config = run.resolve_config(args)
     _check_batches(config)
-
-    from megatron_llm.config.validation import validate
-    from megatron_llm.data.tokenizer import load_tokenizer
-    from megatron_llm.runtime.distributed import process_info
-    from megatron_llm.runtime.platform import detect_platform
-
-    validate(config, process_info().world_size, detect_platform())
-    tokenizer = load_tokenizer(config.data.tokenizer)
-    template, default_template = run.chat_template(tokenizer)
-    train_set, valid_set, reports = build_pair_datasets(args, config, tokenizer, template)
-    if len(train_set) == 0:
-        run.report_data(reports, Path(args.run_dir), process_info().rank == 0)
-        raise UsageError(f"{args.data}: no usable preference pair")
-    run.set_train_iters(config, len(train_set), args.epochs)
-    if valid_set is None:
-        config.schedule.eval_interval = None
-        config.schedule.eval_iters = 0
+    data = run.prepare_data(args, config, build_pair_datasets, "preference pair")
 
     import torch
 
@@ -89,17 +73,17 @@ def main(argv: list[str]) -> int:
     trainer = setup(config, run_dir)
     rank0 = torch.distributed.get_rank() == 0
     try:
-        reference = reference_table(trainer, args, [train_set, valid_set])
-        if default_template:
+        reference = reference_table(trainer, args, [data.train, data.valid])
+        if data.default_template:
             run.store_default_template(config, run_dir, write=rank0)
         torch.distributed.barrier()
-        trainer.train_data = train_set
-        trainer.valid_data = valid_set
+        trainer.train_data = data.train
+        trainer.valid_data = data.valid
         step_func = DPOForwardStep(args.beta, reference)
         trainer.forward_step_func = step_func
-        run.report_data(reports, run_dir, rank0)
+        run.report_data(data.reports, run_dir, rank0)
         if rank0:
-            print(f"dpo: {len(train_set) // 2} pairs, beta {args.beta}, {config.schedule.train_iters} steps",
+            print(f"dpo: {len(data.train) // 2} pairs, beta {args.beta}, {config.schedule.train_iters} steps",
                   flush=True)
         writer = MetricsWriter(run_dir, rank0, config.logging.tensorboard)
         train(trainer, [DPOMetricsHook(step_func, writer, config.logging.log_interval)])

@@ -4,9 +4,12 @@ its chat template, and a pre-training Trainer whose datasets and weights are rep
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from megatron_llm.config.loader import config_from_dict, load_config, save_config
 from megatron_llm.config.schema import Config
@@ -110,6 +113,57 @@ def report_data(reports: list[DataReport], run_dir: Path, is_rank0: bool) -> Non
         report.print()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "data_report.json").write_text(json.dumps([r.to_dict() for r in reports], indent=1) + "\n")
+
+
+class PreparedData(NamedTuple):
+    train: object
+    valid: object | None
+    reports: list[DataReport]
+    default_template: bool
+
+
+def prepare_data(
+    args: argparse.Namespace,
+    config: Config,
+    build_datasets: Callable,
+    what: str,
+    check_platform: Callable | None = None,
+) -> PreparedData:
+    """Check the layout (and `check_platform(config, platform)`, if given), load the tokenizer and its chat
+    template, build the datasets with `build_datasets(args, config, tokenizer, template)` -> (train, valid or
+    None, reports), size the schedule to them (`--epochs`) and turn evaluation off without validation data.
+    No usable `what` in the data is an error naming the file, after the data report is written."""
+    from megatron_llm.config.validation import validate
+    from megatron_llm.data.tokenizer import load_tokenizer
+    from megatron_llm.runtime.distributed import process_info
+    from megatron_llm.runtime.platform import detect_platform
+
+    platform = detect_platform()
+    world_size = process_info().world_size
+    validate(_sized_placeholder(config), world_size, platform)
+    if check_platform is not None:
+        check_platform(config, platform)
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    template, default_template = chat_template(tokenizer)
+    train_set, valid_set, reports = build_datasets(args, config, tokenizer, template)
+    if len(train_set) == 0:
+        report_data(reports, Path(args.run_dir), process_info().rank == 0)
+        raise UsageError(f"{args.data}: no usable {what}")
+    set_train_iters(config, len(train_set), args.epochs)
+    if valid_set is None:
+        config.schedule.eval_interval = None
+        config.schedule.eval_iters = 0
+    validate(config, world_size, platform)
+    return PreparedData(train_set, valid_set, reports, default_template)
+
+
+def _sized_placeholder(config: Config) -> Config:
+    """The config as validation sees it before the data has sized the run (`--epochs`): just long enough
+    for the warmup; the sized config is validated again."""
+    if config.schedule.train_iters is not None or config.schedule.train_tokens is not None:
+        return config
+    steps = config.optim.warmup_iters + 1
+    return dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, train_iters=steps))
 
 
 def start_trainer(config: Config, run_dir: Path, init: str | None):

@@ -43,35 +43,21 @@ def build_sft_datasets(args: argparse.Namespace, config: object, tokenizer: obje
     return SFTDataset(train, seq, pad, packing), valid_set, reports
 
 
+def _check_packing(config: object, platform: object) -> None:
+    from megatron_llm.errors import UsageError
+    from megatron_llm.model.builder import use_transformer_engine
+
+    if use_transformer_engine(config, platform):
+        # TE's causal attention ignores an arbitrary mask; packed sequences would attend across conversations.
+        raise UsageError("--packing pack needs the local attention (model.transformer_impl=local); with "
+                         "Transformer Engine use --packing pad")
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     config = run.resolve_config(args)
-
-    from megatron_llm.config.validation import validate
-    from megatron_llm.data.tokenizer import load_tokenizer
-    from megatron_llm.errors import UsageError
-    from megatron_llm.runtime.distributed import process_info
-    from megatron_llm.runtime.platform import detect_platform
-
-    platform = detect_platform()
-    validate(config, process_info().world_size, platform)
-    if args.packing == "pack":
-        from megatron_llm.model.builder import use_transformer_engine
-
-        if use_transformer_engine(config, platform):
-            # TE's causal attention ignores an arbitrary mask; packed sequences would attend across conversations.
-            raise UsageError("--packing pack needs the local attention (model.transformer_impl=local); with "
-                             "Transformer Engine use --packing pad")
-    tokenizer = load_tokenizer(config.data.tokenizer)
-    template, default_template = run.chat_template(tokenizer)
-    train_set, valid_set, reports = build_sft_datasets(args, config, tokenizer, template)
-    if len(train_set) == 0:
-        run.report_data(reports, Path(args.run_dir), process_info().rank == 0)
-        raise UsageError(f"{args.data}: no usable conversation")
-    run.set_train_iters(config, len(train_set), args.epochs)
-    if valid_set is None:
-        config.schedule.eval_interval = None
-        config.schedule.eval_iters = 0
+    check = _check_packing if args.packing == "pack" else None
+    data = run.prepare_data(args, config, build_sft_datasets, "conversation", check)
 
     import torch
 
@@ -82,14 +68,14 @@ def main(argv: list[str]) -> int:
     trainer = run.start_trainer(config, run_dir, args.init)
     rank0 = torch.distributed.get_rank() == 0
     try:
-        if default_template:
+        if data.default_template:
             run.store_default_template(config, run_dir, write=rank0)
         torch.distributed.barrier()
-        trainer.train_data = train_set
-        trainer.valid_data = valid_set
-        run.report_data(reports, run_dir, rank0)
+        trainer.train_data = data.train
+        trainer.valid_data = data.valid
+        run.report_data(data.reports, run_dir, rank0)
         if rank0:
-            print(f"sft: {train_set.num_conversations} conversations in {len(train_set)} samples "
+            print(f"sft: {data.train.num_conversations} conversations in {len(data.train)} samples "
                   f"({args.packing}), {config.schedule.train_iters} steps", flush=True)
         train(trainer)
     finally:

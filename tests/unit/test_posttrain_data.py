@@ -28,11 +28,16 @@ IM_TEMPLATE = ChatTemplate(
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
+def tok_dir(tmp_path_factory):
     items = synthetic.tasks(200, 0)
     texts = [TEMPLATE.render(r["messages"]) for r in synthetic.chat_records(items)]
     texts += [IM_TEMPLATE.render(r["messages"]) for r in synthetic.chat_records(items[:50])]
-    return load_tokenizer(synthetic.write_tokenizer(tmp_path_factory.mktemp("tok"), texts, vocab_size=300))
+    return synthetic.write_tokenizer(tmp_path_factory.mktemp("tok"), texts, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir):
+    return load_tokenizer(tok_dir)
 
 
 def trained_text(tok, encoded) -> str:
@@ -180,3 +185,34 @@ def test_sampling_follows_temperature_and_top_p():
     draws = [next_token(logits, 1.0, 1.0, gen) for _ in range(2000)]
     expected = torch.softmax(logits, 0)[3].item()
     assert abs(draws.count(3) / 2000 - expected) < 0.02
+
+
+@pytest.mark.parametrize("command, what", [("sft", "conversation"), ("dpo", "preference pair")])
+def test_no_usable_record_is_a_usage_error_with_a_data_report(tmp_path, capsys, tok_dir, command, what):
+    from megatron_llm import cli
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": "not a list"}\n{"prompt": 3}\n')
+    args = [command, "--config", "examples/configs/sft-tiny.yaml", "--set", f"data.tokenizer={tok_dir}",
+            "--data", str(bad), "--run-dir", str(tmp_path / "run")]
+    if command == "dpo":
+        args += ["--ref", str(tmp_path / "unused")]
+    assert cli.main(args) == 2
+    assert f"{bad}: no usable {what}" in capsys.readouterr().err
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert [(entry["read"], entry["used"], entry["rejected"]) for entry in report] == [(2, 0, 2)]
+
+
+def test_without_train_iters_the_run_lasts_the_requested_epochs(tmp_path, tok_dir):
+    from megatron_llm.posttrain import run, sft
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in synthetic.chat_records(synthetic.tasks(120, 3))))
+    args = sft.build_parser().parse_args(["--config", "examples/configs/sft-tiny.yaml", "--set",
+                                          f"data.tokenizer={tok_dir}", "--data", str(data), "--epochs", "2",
+                                          "--run-dir", str(tmp_path / "run")])
+    config = run.resolve_config(args)
+    assert config.schedule.train_iters is None
+    prepared = run.prepare_data(args, config, sft.build_sft_datasets, "conversation")
+    gbs = config.schedule.global_batch_size
+    assert config.schedule.train_iters == math.ceil(2 * len(prepared.train) / gbs) > config.optim.warmup_iters
