@@ -25,7 +25,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, get_tr
 
 from megatron_llm.config.schema import Config
 from megatron_llm.model.norms import RMSNorm
-from megatron_llm.model.vocab import padded_vocab_size
+from megatron_llm.model.vocab import mask_padding_logits, padded_vocab_size
 from megatron_llm.runtime.platform import Platform
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -161,6 +161,8 @@ def build_model_chunks(config: Config, vocab_size: int, platform: Platform) -> l
             rope_scaling_factor=m.rope_scaling_factor,
             vp_stage=vp_stage,
         )
+        if post:
+            mask_padding_logits(model.output_layer, vocab_size, padded)
         if platform.has_cuda:
             model.cuda(torch.cuda.current_device())
         chunks.append(model)

@@ -64,12 +64,21 @@ def test_layouts_match_single_process(launch, reference, tmp_path):
     assert reference["loss"][-1] < reference["loss"][0] - 0.05
 
 
-def test_fewer_query_groups_than_tensor_ranks_matches_single_process(tmp_path):
-    """One key/value head shared by both TP ranks (megatron-core replicates it), as with Qwen2-0.5B at TP=4."""
-    gqa = ["model.num_query_groups=1"]
-    torchrun(1, WORKER, str(tmp_path / "ref.json"), str(tmp_path / "ref"), json.dumps(gqa))
-    reference = json.loads((tmp_path / "ref.json").read_text())[" ".join(gqa)]
-    layouts = [gqa + ["parallel.tensor=2"], gqa + ["parallel.tensor=2", "parallel.sequence_parallel=true"]]
+@pytest.mark.parametrize(
+    "variant",
+    [
+        # One key/value head shared by both TP ranks (megatron-core gathers it), as with Qwen2-0.5B at TP=4.
+        ["model.num_query_groups=1"],
+        # A vocabulary padded differently by TP (300 -> 384 rows at TP=1, 512 at TP=2): the padding is
+        # masked out of the softmax, so it does not change the loss.
+        ["model.vocab_size=300"],
+    ],
+    ids=["fewer-query-groups-than-tp", "tp-dependent-vocab-padding"],
+)
+def test_model_variants_at_tp2_match_single_process(tmp_path, variant):
+    torchrun(1, WORKER, str(tmp_path / "ref.json"), str(tmp_path / "ref"), json.dumps(variant))
+    reference = json.loads((tmp_path / "ref.json").read_text())[" ".join(variant)]
+    layouts = [variant + ["parallel.tensor=2"], variant + ["parallel.tensor=2", "parallel.sequence_parallel=true"]]
     torchrun(2, WORKER, str(tmp_path / "out.json"), str(tmp_path / "tp"), *[json.dumps(layout) for layout in layouts])
     results = json.loads((tmp_path / "out.json").read_text())
     assert len(results) == 2
