@@ -1,7 +1,7 @@
 """`megatron-llm generate`: greedy or sampled (temperature, top-p) continuation of prompts.
 
-One process (TP=PP=1; the checkpoint is resharded on load). Each new token re-runs the whole sequence
-(no KV cache): meant for checking a model, not for serving it.
+One process (TP=PP=1; the checkpoint is resharded on load), batch size 1, with megatron-core's static
+KV cache: the prompt runs once, then one token per step. Meant for checking a model, not for serving it.
 """
 
 from __future__ import annotations
@@ -46,24 +46,44 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, generator
 @torch.no_grad()
 def generate_ids(model: torch.nn.Module, prompt: list[int], max_new_tokens: int, vocab_size: int,
                  max_length: int, stop_ids: set[int], temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int = 0) -> list[int]:
-    """New token ids after `prompt`, stopping at a stop id (included) or `max_new_tokens`."""
+                 seed: int = 0, kv_cache: bool = True) -> list[int]:
+    """New token ids after `prompt`, stopping at a stop id (included) or `max_new_tokens`.
+
+    Once the sequence is longer than `max_length`, each step re-runs the last `max_length` tokens without
+    the cache (a sliding window), as the uncached loop (`kv_cache=False`) does throughout.
+    """
+    from megatron.core.inference.contexts import StaticInferenceContext
+
     generator = torch.Generator().manual_seed(seed)
+    cache = StaticInferenceContext(1, max_length) if kv_cache else None
     ids = list(prompt)
+    pending = ids[-max_length:]  # tokens the cache has not seen yet
     new: list[int] = []
     for _ in range(max_new_tokens):
-        context = ids[-max_length:]
-        tokens = torch.tensor([context], dtype=torch.int64)
-        positions = torch.arange(len(context), dtype=torch.int64)[None]
-        if torch.cuda.is_available():
-            tokens, positions = tokens.cuda(), positions.cuda()
-        logits = model(tokens, positions, None)
+        if cache is not None and cache.sequence_len_offset + len(pending) > max_length:
+            cache = None
+        if cache is None:
+            logits = _forward(model, ids[-max_length:], 0, None)
+        else:
+            logits = _forward(model, pending, cache.sequence_len_offset, cache)
+            cache.increment_sequence_len_offset(len(pending))
+            cache.enable_decode_mode()
         token = next_token(logits[0, -1, :vocab_size].float().cpu(), temperature, top_p, generator)
         ids.append(token)
         new.append(token)
+        pending = [token]
         if token in stop_ids:
             break
     return new
+
+
+def _forward(model: torch.nn.Module, tokens: list[int], start: int, cache: object | None) -> torch.Tensor:
+    """Logits for `tokens` at positions start, start + 1, ...; through the KV cache when one is given."""
+    ids = torch.tensor([tokens], dtype=torch.int64)
+    positions = torch.arange(start, start + len(tokens), dtype=torch.int64)[None]
+    if torch.cuda.is_available():
+        ids, positions = ids.cuda(), positions.cuda()
+    return model(ids, positions, None, inference_context=cache, runtime_gather_output=True)
 
 
 def main(argv: list[str]) -> int:

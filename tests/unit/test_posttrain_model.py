@@ -140,3 +140,16 @@ def test_dpo_step_loss_is_log2_when_policy_is_the_reference(env):
     assert float(loss_sum) / 2 == pytest.approx(math.log(2), abs=1e-6)
     stats = step.take_stats()
     assert stats["reward_accuracy"] == 0.0 and abs(stats["reward_margin"]) < 1e-6
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_generation_with_the_kv_cache_equals_recomputing_the_sequence(env, temperature):
+    """Through megatron-core's static KV cache, and on past the window where the cache gives way to a
+    sliding window, generation picks the tokens the uncached loop picks."""
+    from megatron_llm.evaluation.generate import generate_ids
+
+    model, prompt = env["model"], list(range(40, 52))
+    args = (model, prompt, 30, 512, 24, set(), temperature, 1.0, 7)
+    cached = generate_ids(*args, kv_cache=True)
+    assert len(cached) == 30
+    assert cached == generate_ids(*args, kv_cache=False)
