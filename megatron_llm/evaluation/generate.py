@@ -52,6 +52,17 @@ def generate_ids(model: torch.nn.Module, prompt: list[int], max_new_tokens: int,
     Once the sequence is longer than `max_length`, each step re-runs the last `max_length` tokens without
     the cache (a sliding window), as the uncached loop (`kv_cache=False`) does throughout.
     """
+    training = model.training
+    model.eval()  # no dropout; megatron-core's KV cache path also requires eval mode without Transformer Engine
+    try:
+        return _generate(model, prompt, max_new_tokens, vocab_size, max_length, stop_ids, temperature, top_p,
+                         seed, kv_cache)
+    finally:
+        model.train(training)
+
+
+def _generate(model: torch.nn.Module, prompt: list[int], max_new_tokens: int, vocab_size: int, max_length: int,
+              stop_ids: set[int], temperature: float, top_p: float, seed: int, kv_cache: bool) -> list[int]:
     from megatron.core.inference.contexts import StaticInferenceContext
 
     generator = torch.Generator().manual_seed(seed)

@@ -145,11 +145,17 @@ def test_dpo_step_loss_is_log2_when_policy_is_the_reference(env):
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_generation_with_the_kv_cache_equals_recomputing_the_sequence(env, temperature):
     """Through megatron-core's static KV cache, and on past the window where the cache gives way to a
-    sliding window, generation picks the tokens the uncached loop picks."""
+    sliding window, generation picks the tokens the uncached loop picks. A model left in training mode is
+    switched to eval mode for generation and back afterwards."""
     from megatron_llm.evaluation.generate import generate_ids
 
     model, prompt = env["model"], list(range(40, 52))
     args = (model, prompt, 30, 512, 24, set(), temperature, 1.0, 7)
-    cached = generate_ids(*args, kv_cache=True)
-    assert len(cached) == 30
-    assert cached == generate_ids(*args, kv_cache=False)
+    model.train()
+    try:
+        cached = generate_ids(*args, kv_cache=True)
+        assert model.training
+        assert len(cached) == 30
+        assert cached == generate_ids(*args, kv_cache=False)
+    finally:
+        model.eval()
