@@ -21,6 +21,7 @@ input (256 Mi by default, about 0.1 s each time) to keep memory bounded.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -107,7 +108,7 @@ def gigatoken_encoder(tokenizer_json: str, backend) -> GigatokenEncoder | None:
 def sentencepiece_gigatoken_json(model) -> str | None:
     """`sentencepiece_tokenizer_json(model)`, or None when gigatoken is switched off or cannot be used."""
     choice = _choice()
-    if choice in _REFERENCE:
+    if choice in _REFERENCE or (choice == "auto" and importlib.util.find_spec("gigatoken") is None):
         return None
     converted = sentencepiece_tokenizer_json(model)
     if converted is None and choice == "gigatoken":
