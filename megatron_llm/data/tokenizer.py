@@ -69,6 +69,24 @@ class Tokenizer(ABC):
         """Which implementation encodes, for reports."""
         return self.kind
 
+    def _set_ids(self, eod_id: int, bos_id: int | None, pad_id: int | None, unk_id: int | None,
+                 special_tokens: list[str] | None, chat_template: str | None) -> None:
+        self.eod_id, self.bos_id, self.pad_id, self.unk_id = eod_id, bos_id, pad_id, unk_id
+        self.special_tokens = list(special_tokens or [])
+        self.chat_template = chat_template
+
+    def _ids_state(self) -> dict:
+        """The keyword arguments that rebuild the ids, vocabulary size, specials and template (pickling)."""
+        return {
+            "eod_id": self.eod_id,
+            "bos_id": self.bos_id,
+            "pad_id": self.pad_id,
+            "unk_id": self.unk_id,
+            "vocab_size": self.vocab_size,
+            "special_tokens": self.special_tokens,
+            "chat_template": self.chat_template,
+        }
+
     def manifest(self) -> dict:
         return {
             "kind": self.kind,
@@ -111,9 +129,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.encoder = encoder or SentencePieceEncoder(model_proto)
         self.piece_count = self.encoder.processor.get_piece_size()
         self.vocab_size = vocab_size if vocab_size is not None else self.piece_count
-        self.eod_id, self.bos_id, self.pad_id, self.unk_id = eod_id, bos_id, pad_id, unk_id
-        self.special_tokens = list(special_tokens or [])
-        self.chat_template = chat_template
+        self._set_ids(eod_id, bos_id, pad_id, unk_id, special_tokens, chat_template)
         self.split_specials = dict(split_specials or {})
         self._split = None
         if self.split_specials:
@@ -122,19 +138,8 @@ class SentencePieceTokenizer(Tokenizer):
             self._split = re.compile("|".join(re.escape(token) for token in self.split_specials))
 
     def __reduce__(self):
-        return (_rebuild_sentencepiece, (self._model_proto, self._state(), self.encoder.gigatoken_json()))
-
-    def _state(self) -> dict:
-        return {
-            "eod_id": self.eod_id,
-            "bos_id": self.bos_id,
-            "pad_id": self.pad_id,
-            "unk_id": self.unk_id,
-            "vocab_size": self.vocab_size,
-            "special_tokens": self.special_tokens,
-            "chat_template": self.chat_template,
-            "split_specials": self.split_specials,
-        }
+        state = {**self._ids_state(), "split_specials": self.split_specials}
+        return (_rebuild_sentencepiece, (self._model_proto, state, self.encoder.gigatoken_json()))
 
     @property
     def encoder_name(self) -> str:
@@ -227,24 +232,13 @@ class HFTokenizer(Tokenizer):
         self.backend.no_truncation()
         self.backend.no_padding()
         self.vocab_size = vocab_size if vocab_size is not None else self.backend.get_vocab_size(with_added_tokens=True)
-        self.eod_id, self.bos_id, self.pad_id, self.unk_id = eod_id, bos_id, pad_id, unk_id
-        self.special_tokens = list(special_tokens or [])
-        self.chat_template = chat_template
+        self._set_ids(eod_id, bos_id, pad_id, unk_id, special_tokens, chat_template)
         self._fast = getattr(self.backend, "encode_batch_fast", None)
         self._accelerated = None
         self._accelerator_checked = False
 
     def __reduce__(self):
-        state = {
-            "eod_id": self.eod_id,
-            "bos_id": self.bos_id,
-            "pad_id": self.pad_id,
-            "unk_id": self.unk_id,
-            "vocab_size": self.vocab_size,
-            "special_tokens": self.special_tokens,
-            "chat_template": self.chat_template,
-        }
-        return (_rebuild_hf, (self._json, state))
+        return (_rebuild_hf, (self._json, self._ids_state()))
 
     @property
     def encoder_name(self) -> str:

@@ -23,19 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_pair_datasets(args: argparse.Namespace, config: object, tokenizer: object, template: object):
+    """(train pairs, validation pairs or None, data reports)."""
     from megatron_llm.posttrain.dpo_data import PairSequences, load_pairs
-    from megatron_llm.posttrain.packing import shuffled
 
-    seq, seed = config.data.seq_length, config.schedule.seed
-    pairs, report = load_pairs(args.data, template, tokenizer, seq, args.strict)
-    reports = [report]
-    if args.valid_data:
-        valid, valid_report = load_pairs(args.valid_data, template, tokenizer, seq, args.strict)
-        reports.append(valid_report)
-        pairs = shuffled(pairs, seed)
-    else:
-        pairs, valid = run.split_validation(shuffled(pairs, seed), args.valid_fraction)
-    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eod_id
+    pairs, valid, reports, pad = run.load_splits(args, config, tokenizer, template, load_pairs)
+    seq = config.data.seq_length
     valid_set = PairSequences(valid, seq, pad) if valid else None
     return PairSequences(pairs, seq, pad), valid_set, reports
 

@@ -99,6 +99,26 @@ def split_validation(items: list, fraction: float) -> tuple[list, list]:
     return items[:-count], items[-count:]
 
 
+def load_splits(args: argparse.Namespace, config: Config, tokenizer: object, template: ChatTemplate,
+                load: Callable) -> tuple[list, list, list[DataReport], int]:
+    """(train items, validation items, data reports, pad id): `load(path, template, tokenizer, seq_length,
+    strict)` -> (items, report) reads --data and --valid-data; without --valid-data a --valid-fraction of
+    the shuffled training items is held out."""
+    from megatron_llm.posttrain.packing import shuffled
+
+    seq, seed = config.data.seq_length, config.schedule.seed
+    train, report = load(args.data, template, tokenizer, seq, args.strict)
+    reports = [report]
+    if args.valid_data:
+        valid, valid_report = load(args.valid_data, template, tokenizer, seq, args.strict)
+        reports.append(valid_report)
+        train = shuffled(train, seed)
+    else:
+        train, valid = split_validation(shuffled(train, seed), args.valid_fraction)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eod_id
+    return train, valid, reports, pad
+
+
 def set_train_iters(config: Config, num_samples: int, epochs: float) -> None:
     if config.schedule.train_iters is None and config.schedule.train_tokens is None:
         gbs = config.schedule.global_batch_size

@@ -24,21 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_sft_datasets(args: argparse.Namespace, config: object, tokenizer: object, template: object):
     """(train dataset, validation dataset or None, data reports)."""
-    from megatron_llm.posttrain.packing import SFTDataset, shuffled
+    from megatron_llm.posttrain.packing import SFTDataset
     from megatron_llm.posttrain.sft_data import load_conversations
 
-    seq = config.data.seq_length
-    seed = config.schedule.seed
-    train, report = load_conversations(args.data, template, tokenizer, seq, args.strict)
-    reports = [report]
-    if args.valid_data:
-        valid, valid_report = load_conversations(args.valid_data, template, tokenizer, seq, args.strict)
-        reports.append(valid_report)
-        train = shuffled(train, seed)
-    else:
-        train, valid = run.split_validation(shuffled(train, seed), args.valid_fraction)
-    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eod_id
-    packing = args.packing == "pack"
+    train, valid, reports, pad = run.load_splits(args, config, tokenizer, template, load_conversations)
+    seq, packing = config.data.seq_length, args.packing == "pack"
     valid_set = SFTDataset(valid, seq, pad, packing) if valid else None
     return SFTDataset(train, seq, pad, packing), valid_set, reports
 

@@ -68,14 +68,19 @@ def megatron_sentencepiece_ids(processor, text: str) -> list[int]:
         position = start + len(token)
 
 
+def preprocess_with_megatron_flags(tmp_path, docs: list, tokenizer_type: str, model, workers: int) -> None:
+    """preprocess-data on `docs` with Megatron-LM's flags; writes tmp_path/out_text_document."""
+    write_jsonl(tmp_path / "in.jsonl", docs)
+    args = ["--input", tmp_path / "in.jsonl", "--output-prefix", tmp_path / "out", "--tokenizer-type",
+            tokenizer_type, "--tokenizer-model", model, "--append-eod", "--workers", workers]
+    assert preprocess.main([str(a) for a in args]) == 0
+
+
 def test_sentencepiece_tokenizer_flags_match_megatron(tmp_path, corpus, llama_like_model):
     import sentencepiece
 
     docs = corpus[:30] + TRICKY
-    write_jsonl(tmp_path / "in.jsonl", docs)
-    args = ["--input", tmp_path / "in.jsonl", "--output-prefix", tmp_path / "out", "--tokenizer-type",
-            "SentencePieceTokenizer", "--tokenizer-model", llama_like_model, "--append-eod", "--workers", "2"]
-    assert preprocess.main([str(a) for a in args]) == 0
+    preprocess_with_megatron_flags(tmp_path, docs, "SentencePieceTokenizer", llama_like_model, 2)
     processor = sentencepiece.SentencePieceProcessor(model_file=llama_like_model)
     eod = processor.get_piece_size() + 2  # <CLS>, <SEP>, then <EOD>: the model has none of them
     documents = [[megatron_sentencepiece_ids(processor, doc)] for doc in docs]
@@ -88,10 +93,7 @@ def test_gpt_sentencepiece_tokenizer_flags_match_megatron(tmp_path, corpus, llam
     import sentencepiece
 
     docs = corpus[:30] + TRICKY
-    write_jsonl(tmp_path / "in.jsonl", docs)
-    args = ["--input", tmp_path / "in.jsonl", "--output-prefix", tmp_path / "out", "--tokenizer-type",
-            "GPTSentencePieceTokenizer", "--tokenizer-model", llama_like_model, "--append-eod", "--workers", "1"]
-    assert preprocess.main([str(a) for a in args]) == 0
+    preprocess_with_megatron_flags(tmp_path, docs, "GPTSentencePieceTokenizer", llama_like_model, 1)
     processor = sentencepiece.SentencePieceProcessor(model_file=llama_like_model)
     write_megatron_reference(tmp_path / "ref", [[processor.encode(d)] for d in docs], processor.eos_id(), np.uint16)
     assert same_files(tmp_path / "out_text_document", tmp_path / "ref")
@@ -105,10 +107,7 @@ def test_huggingface_tokenizer_flags_match_transformers(tmp_path, corpus):
     tokenizer_dir = train_tokenizer_dir(tmp_path / "tok", "byte-bpe", corpus[::2], vocab_size=600)
     export_for_hf(tokenizer_dir, tmp_path / "hf")
     docs = corpus[:30] + TRICKY + ["<|endoftext|> inside", "<|im_start|>user"]
-    write_jsonl(tmp_path / "in.jsonl", docs)
-    args = ["--input", tmp_path / "in.jsonl", "--output-prefix", tmp_path / "out", "--tokenizer-type",
-            "HuggingFaceTokenizer", "--tokenizer-model", tmp_path / "hf", "--append-eod", "--workers", "2"]
-    assert preprocess.main([str(a) for a in args]) == 0
+    preprocess_with_megatron_flags(tmp_path, docs, "HuggingFaceTokenizer", tmp_path / "hf", 2)
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     documents = [[hf(doc).input_ids] for doc in docs]
     write_megatron_reference(tmp_path / "ref", documents, hf.eos_token_id, np.uint16)

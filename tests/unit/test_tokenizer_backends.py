@@ -49,6 +49,10 @@ def test_gigatoken_encoder_rebuilt_to_bound_memory_gives_the_same_ids(byte_bpe):
     texts = stdlib_documents(200_000, skip=90)
     once = GigatokenEncoder(byte_bpe._json).encode_flat(texts)
     rebuilt = GigatokenEncoder(byte_bpe._json, rebuild_chars=5_000)
-    parts = [rebuilt.encode_flat(texts[start : start + 7]) for start in range(0, len(texts), 7)]
+    parts, encoders = [], []  # the encoders are kept alive so that their ids stay distinct
+    for text in texts:  # one call per document, each past rebuild_chars
+        parts.append(rebuilt.encode_flat([text]))
+        encoders.append(rebuilt._encoder)
+    assert len({id(encoder) for encoder in encoders}) > 1  # it was rebuilt
     assert np.concatenate([ids for ids, _ in parts]).tolist() == once[0].tolist()
     assert np.concatenate([lengths for _, lengths in parts]).tolist() == once[1].tolist()
