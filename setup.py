@@ -9,6 +9,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_llm", "megatron_llm.*"]) + ["megatron_llm.kernels"],
     package_dir={"megatron_llm.kernels": "kernels"},
+    package_data={"megatron_llm.launch": ["templates/*.sbatch"]},
     install_requires=[
         "torch>=2.4",
         "megatron-core>=0.16.1,<0.17",

@@ -55,7 +55,7 @@ def datasketch_bulk(texts: list[str]) -> list:
 
 
 def ours(texts: list[str]):
-    from megatron_llm.data.curate.minhash import MinHasher
+    from megatron_llm.data.curate.stages.minhash import MinHasher
 
     return MinHasher(num_perm=NUM_PERM, ngram=NGRAM).signatures(texts)
 

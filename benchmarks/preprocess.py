@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 
-from megatron_llm.data.bpe_backend import ENV
+from megatron_llm.data.tokenizers.bpe_backend import ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [
@@ -164,7 +164,7 @@ def first_megabytes(source: Path, target: Path, megabytes: float) -> Path:
 
 
 def tokenizers(cache: Path, corpus: Path) -> dict[str, Path]:
-    from megatron_llm.data.tokenizer import export_for_hf
+    from megatron_llm.data.tokenizers.tokenizer import export_for_hf
 
     made = {}
     for kind, model_type in (("sentencepiece", "bpe"), ("hf", "byte-bpe")):
@@ -199,7 +199,7 @@ def run(command: list[str], env: dict[str, str] | None = None) -> tuple[float, f
 
 
 def encoder_mode(directory: Path) -> str:
-    from megatron_llm.data.tokenizer import load_tokenizer
+    from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
 
     return load_tokenizer(directory).encoder_name
 

@@ -14,21 +14,21 @@ from megatron_llm.errors import USAGE_EXIT_CODE, UsageError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("megatron_llm.training.command", "pre-train a model from a YAML config"),
-    "plan": ("megatron_llm.plan", "parameters, FLOPs, memory per GPU, layouts, time and cost"),
+    "plan": ("megatron_llm.planning.command", "parameters, FLOPs, memory per GPU, layouts, time and cost"),
     "curate": ("megatron_llm.data.curate.command", "clean, deduplicate and filter raw JSONL"),
-    "curate-report": ("megatron_llm.data.curate.report", "what curate kept and removed, by stage"),
-    "train-tokenizer": ("megatron_llm.data.tokenizer_training", "train a SentencePiece or byte-level BPE tokenizer"),
-    "preprocess-data": ("megatron_llm.data.preprocess", "tokenize JSONL into Megatron indexed shards"),
-    "merge-shards": ("megatron_llm.data.merge", "merge indexed shards into one dataset"),
-    "inspect-data": ("megatron_llm.data.inspect", "summarise and decode an indexed dataset"),
-    "checkpoint": ("megatron_llm.training.checkpoint_command", "list and verify checkpoints"),
+    "curate-report": ("megatron_llm.data.curate.report_command", "what curate kept and removed, by stage"),
+    "train-tokenizer": ("megatron_llm.data.tokenizers.command", "train a SentencePiece or byte-level BPE tokenizer"),
+    "preprocess-data": ("megatron_llm.data.shards.preprocess_command", "tokenize JSONL into Megatron indexed shards"),
+    "merge-shards": ("megatron_llm.data.shards.merge_command", "merge indexed shards into one dataset"),
+    "inspect-data": ("megatron_llm.data.shards.inspect_command", "summarise and decode an indexed dataset"),
+    "checkpoint": ("megatron_llm.training.checkpoint.command", "list and verify checkpoints"),
     "convert": ("megatron_llm.convert.command", "convert checkpoints to and from Hugging Face"),
-    "slurm": ("megatron_llm.launch_slurm", "submit and inspect SLURM jobs"),
-    "launch": ("megatron_llm.launch_local", "run a command under torchrun on this machine"),
-    "sft": ("megatron_llm.posttrain.sft", "supervised fine-tuning on chat data"),
-    "dpo": ("megatron_llm.posttrain.dpo", "direct preference optimisation"),
+    "slurm": ("megatron_llm.launch.slurm_command", "submit and inspect SLURM jobs"),
+    "launch": ("megatron_llm.launch.local_command", "run a command under torchrun on this machine"),
+    "sft": ("megatron_llm.posttrain.sft_command", "supervised fine-tuning on chat data"),
+    "dpo": ("megatron_llm.posttrain.dpo_command", "direct preference optimisation"),
     "evaluate": ("megatron_llm.evaluation.command", "perplexity and multiple-choice evaluation"),
-    "generate": ("megatron_llm.evaluation.generate", "generate text from a checkpoint"),
+    "generate": ("megatron_llm.evaluation.generate_command", "generate text from a checkpoint"),
 }
 
 

@@ -24,7 +24,7 @@ from megatron_llm.convert.dist_reader import TorchDistReader
 from megatron_llm.convert.hf_config import DTYPES, hf_config_dict
 from megatron_llm.convert.hf_files import StreamingSafetensorsWriter, publish
 from megatron_llm.errors import UsageError
-from megatron_llm.training.checkpoint_format import read_metadata, resolve_checkpoint, verify_directory
+from megatron_llm.training.checkpoint.format import read_metadata, resolve_checkpoint, verify_directory
 
 
 @dataclass
@@ -44,8 +44,8 @@ def _tokenizer_dir(metadata: dict, config: Config) -> str | None:
 
 
 def _load_tokenizer(path: str, metadata: dict):
-    from megatron_llm.data.tokenizer import load_tokenizer
-    from megatron_llm.training.checkpointing import tokenizer_identity
+    from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
+    from megatron_llm.training.checkpoint.save_load import tokenizer_identity
 
     if not Path(path).exists():
         raise UsageError(f"{path}: the checkpoint's tokenizer is missing (recorded in megatron_llm.json)")
@@ -123,7 +123,7 @@ def export_to_hf(checkpoint: str | Path, output: str | Path, iteration: int | No
                                         ("pad_token_id", special.get("pad"))) if v is not None}
         (staging / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
         if tok_path:
-            from megatron_llm.data.tokenizer import export_for_hf
+            from megatron_llm.data.tokenizers.tokenizer import export_for_hf
 
             export_for_hf(tok_path, staging)
         publish(staging, output)

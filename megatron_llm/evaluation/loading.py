@@ -30,7 +30,7 @@ class Loaded:
 
 def checkpoint_config(checkpoint: str | Path, overrides: list[str]) -> tuple[Config, dict]:
     """The checkpoint's config with a one-process layout, then `--set key=value` overrides."""
-    from megatron_llm.training.checkpoint_format import read_metadata, resolve_checkpoint
+    from megatron_llm.training.checkpoint.format import read_metadata, resolve_checkpoint
 
     directory = resolve_checkpoint(Path(checkpoint))
     metadata = read_metadata(directory)
@@ -58,11 +58,11 @@ def load_for_inference(checkpoint: str | Path, overrides: list[str] = (), tokeni
                        micro_batch_size: int = 1) -> Loaded:
     """Start torch.distributed and megatron-core's groups, build the model and load the checkpoint's weights."""
     from megatron_llm.config.validation import layout_problems
-    from megatron_llm.data.tokenizer import load_tokenizer
+    from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
     from megatron_llm.model.builder import build_model_chunks
     from megatron_llm.runtime.distributed import init_distributed, process_info, set_seeds
     from megatron_llm.runtime.platform import detect_platform
-    from megatron_llm.training.checkpointing import load_model_weights
+    from megatron_llm.training.checkpoint.save_load import load_model_weights
 
     config, metadata = checkpoint_config(checkpoint, list(overrides))
     world = process_info().world_size

@@ -28,7 +28,7 @@ DEFAULT_CHAT_TEMPLATE = (
 
 
 class ChatTokenizer(Protocol):
-    """What chat encoding needs of a tokenizer (megatron_llm.data.tokenizer provides it)."""
+    """What chat encoding needs of a tokenizer (megatron_llm.data.tokenizers.tokenizer provides it)."""
 
     eod_id: int
 

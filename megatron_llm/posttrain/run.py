@@ -38,7 +38,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def init_metadata(init: str | None) -> dict | None:
     if init is None:
         return None
-    from megatron_llm.training.checkpoint_format import read_metadata, resolve_checkpoint
+    from megatron_llm.training.checkpoint.format import read_metadata, resolve_checkpoint
 
     return read_metadata(resolve_checkpoint(Path(init)))
 
@@ -75,7 +75,7 @@ def store_default_template(config: Config, run_dir: Path, write: bool) -> None:
     """Point the config at a copy of the tokenizer in the run directory whose manifest holds the default chat
     template, so checkpoints and `convert to-hf` carry the template the model was tuned with. Every rank
     calls it; the rank with `write` makes the copy (the others must wait for it before reading it)."""
-    from megatron_llm.data.tokenizer import MANIFEST
+    from megatron_llm.data.tokenizers.tokenizer import MANIFEST
 
     source = Path(config.data.tokenizer)
     target = (run_dir / "tokenizer").resolve()
@@ -154,7 +154,7 @@ def prepare_data(
     None, reports), size the schedule to them (`--epochs`) and turn evaluation off without validation data.
     No usable `what` in the data is an error naming the file, after the data report is written."""
     from megatron_llm.config.validation import validate
-    from megatron_llm.data.tokenizer import load_tokenizer
+    from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
     from megatron_llm.runtime.distributed import process_info
     from megatron_llm.runtime.platform import detect_platform
 

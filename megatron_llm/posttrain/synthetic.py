@@ -70,7 +70,7 @@ def write_tokenizer(directory: str | Path, texts: list[str], vocab_size: int = 3
     """A byte-level BPE tokenizer directory (megatron-llm's format) trained on `texts`; EOD is `<|endoftext|>`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from megatron_llm.data.tokenizer import MODEL_FILES, HFTokenizer, write_manifest
+    from megatron_llm.data.tokenizers.tokenizer import MODEL_FILES, HFTokenizer, write_manifest
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

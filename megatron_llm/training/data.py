@@ -31,7 +31,7 @@ class TokenizerInfo:
 
 def tokenizer_info(config: Config) -> TokenizerInfo:
     if config.data.tokenizer:
-        from megatron_llm.data.tokenizer import load_tokenizer
+        from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
 
         tok = load_tokenizer(config.data.tokenizer)
         pad = tok.pad_id if tok.pad_id is not None and tok.pad_id != tok.eod_id else NO_PAD

@@ -20,7 +20,7 @@ from megatron_llm.planning import warn_if_not_fitting
 from megatron_llm.runtime.distributed import init_distributed, set_seeds
 from megatron_llm.runtime.platform import detect_platform
 from megatron_llm.training import faults
-from megatron_llm.training.checkpoint_hooks import default_hooks, resume
+from megatron_llm.training.checkpoint.hooks import default_hooks, resume
 from megatron_llm.training.data import build_datasets, micro_batches, tokenizer_info
 from megatron_llm.training.metrics import MetricsWriter, memory_bytes
 from megatron_llm.training.optimizer import attach_schedule_hooks, build_optimizer, build_scheduler, wrap_ddp

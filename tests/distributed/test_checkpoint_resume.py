@@ -16,7 +16,7 @@ import json
 import pytest
 import torch
 
-from megatron_llm.training.checkpoint_format import METADATA, TRACKER, iter_dir, read_tracker, verify_directory
+from megatron_llm.training.checkpoint.format import METADATA, TRACKER, iter_dir, read_tracker, verify_directory
 from megatron_llm.training.faults import REQUEUE_EXIT_CODE
 from tests.distributed.ckpt_runs import checkpoint_tensors, losses, metrics, train
 

@@ -28,7 +28,7 @@ NEW_TOKENS = 8
 
 def train(out_root: Path, layouts: dict) -> None:
     from megatron_llm.model.builder import build_model_chunks
-    from megatron_llm.training.checkpointing import save_model_weights
+    from megatron_llm.training.checkpoint.save_load import save_model_weights
     from megatron_llm.training.loop import setup
     from megatron_llm.training.loop import train as run
 
@@ -55,8 +55,8 @@ def _logits(model, ids: list[int], vocab: int) -> torch.Tensor:
 
 def forward(out: Path, ids: list[int], checkpoints: list[str]) -> None:
     from megatron_llm.model.builder import build_model_chunks
-    from megatron_llm.training.checkpoint_format import read_metadata, resolve_checkpoint
-    from megatron_llm.training.checkpointing import load_model_weights
+    from megatron_llm.training.checkpoint.format import read_metadata, resolve_checkpoint
+    from megatron_llm.training.checkpoint.save_load import load_model_weights
 
     results = {}
     for path in checkpoints:

@@ -151,7 +151,7 @@ def exported(work, trained, imported) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def text_ids(tokenizer_dir) -> list[int]:
-    from megatron_llm.data.tokenizer import load_tokenizer
+    from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
 
     return load_tokenizer(tokenizer_dir).encode(inspect.getdoc(json))[:48]
 
@@ -211,7 +211,7 @@ def test_exported_config_keeps_rope_vocab_and_tying(exported, trained):
 def test_exported_tokenizer_gives_the_training_ids(exported, tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from megatron_llm.data.tokenizer import load_tokenizer
+    from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
 
     ours = load_tokenizer(tokenizer_dir)
     theirs = AutoTokenizer.from_pretrained(exported["untied_llama3"])

@@ -15,7 +15,7 @@ import pytest
 import zstandard
 
 from megatron_llm import cli
-from megatron_llm.data.curate import report
+from megatron_llm.data.curate import report_command as report
 from megatron_llm.data.curate.corpus import stdlib_docstrings
 
 REPO = Path(__file__).resolve().parents[2]

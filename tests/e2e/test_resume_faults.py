@@ -14,7 +14,7 @@ import math
 
 import pytest
 
-from megatron_llm.training.checkpoint_format import iter_dir, read_tracker, verify_directory
+from megatron_llm.training.checkpoint.format import iter_dir, read_tracker, verify_directory
 from tests.distributed.ckpt_runs import cli, losses, metrics, train
 
 BASE = ["schedule.train_iters=8", "checkpoint.save_interval=2"]

@@ -56,7 +56,7 @@ def prompt_text(question: str) -> str:
 def work(tmp_path_factory) -> dict:
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    from megatron_llm.data.tokenizer import load_tokenizer
+    from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
 
     root = tmp_path_factory.mktemp("sft")
     train = synthetic.chat_records(synthetic.tasks(600, 1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from megatron_llm.launch_slurm import REQUEUE_EXIT_CODE
+from megatron_llm.launch.slurm_command import REQUEUE_EXIT_CODE
 from megatron_llm.training import faults
 from tests.slurm.slurm_jobs import REPO, TINY, cli
 
@@ -36,6 +36,6 @@ def test_launch_rejects_commands_that_do_not_run_under_torchrun():
 
 def test_sbatch_template_and_submit_use_the_engines_requeue_exit_code():
     assert REQUEUE_EXIT_CODE == faults.REQUEUE_EXIT_CODE
-    template = (REPO / "launch" / "slurm" / "pretrain.sbatch").read_text()
+    template = (REPO / "megatron_llm" / "launch" / "templates" / "pretrain.sbatch").read_text()
     assert f'REQUEUE_EXIT_CODE="${{REQUEUE_EXIT_CODE:-{faults.REQUEUE_EXIT_CODE}}}"' in template
     assert f'NO_RETRY_EXIT_CODES=" 2 {faults.BAD_STEPS_EXIT_CODE} "' in template

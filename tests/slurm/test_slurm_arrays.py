@@ -13,6 +13,8 @@ import pytest
 
 from tests.slurm.slurm_jobs import REPO, cli, job, job_records, wait_final
 
+TEMPLATES = REPO / "megatron_llm" / "launch" / "templates"
+
 LAUNCHER = f"{sys.executable} -m megatron_llm"
 
 
@@ -52,7 +54,7 @@ def test_preprocess_array_and_dependent_merge_equal_a_single_run(slurm_cluster, 
     assert single.returncode == 0, single.stderr
 
     prefix = tmp_path / "array" / "web"
-    submitted = subprocess.run(["bash", str(REPO / "launch" / "slurm" / "preprocess_array.sbatch"), "4",
+    submitted = subprocess.run(["bash", str(TEMPLATES / "preprocess_array.sbatch"), "4",
                                 str(prefix), *args], capture_output=True, text=True, cwd=tmp_path,
                                env={**os.environ, "MEGATRON_LLM": LAUNCHER}, timeout=60)
     assert submitted.returncode == 0, submitted.stderr
@@ -80,7 +82,7 @@ def test_curate_chain_of_array_jobs_equals_a_single_process_run(slurm_cluster, t
     single = cli("curate", *args, "--output", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr
 
-    submitted = subprocess.run(["bash", str(REPO / "launch" / "slurm" / "curate_array.sbatch"), "2", *args,
+    submitted = subprocess.run(["bash", str(TEMPLATES / "curate_array.sbatch"), "2", *args,
                                 "--output", str(tmp_path / "chain")], capture_output=True, text=True,
                                cwd=tmp_path, env={**os.environ, "MEGATRON_LLM": LAUNCHER}, timeout=60)
     assert submitted.returncode == 0, submitted.stderr

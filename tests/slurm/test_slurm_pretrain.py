@@ -174,7 +174,7 @@ def test_local_launcher_trains_the_same_as_slurm(reference, tmp_path):
 
 
 def test_convert_sbatch_exports_the_trained_checkpoint(reference, tmp_path):
-    script = REPO / "launch" / "slurm" / "convert.sbatch"
+    script = REPO / "megatron_llm" / "launch" / "templates" / "convert.sbatch"
     submitted = subprocess.run(
         ["sbatch", "--parsable", "--mem=1G", "--cpus-per-task=1", f"--output={tmp_path / 'convert-%j.out'}",
          str(script), "to-hf", "--checkpoint", str(reference[0] / "checkpoints"), "--output", str(tmp_path / "hf"),

@@ -9,8 +9,8 @@ import signal
 import pytest
 
 from megatron_llm.training import faults
-from megatron_llm.training.checkpoint_command import main as checkpoint_main
-from megatron_llm.training.checkpoint_format import (
+from megatron_llm.training.checkpoint.command import main as checkpoint_main
+from megatron_llm.training.checkpoint.format import (
     METADATA,
     TRACKER,
     CheckpointError,
@@ -24,8 +24,8 @@ from megatron_llm.training.checkpoint_format import (
     write_metadata,
     write_tracker,
 )
-from megatron_llm.training.mirror import Mirror
-from megatron_llm.training.retention import prune, steps_to_keep
+from megatron_llm.training.checkpoint.mirror import Mirror
+from megatron_llm.training.checkpoint.retention import prune, steps_to_keep
 
 LAYOUT = {"tensor": 2, "pipeline": 2, "virtual_pipeline": None, "data": 2}
 

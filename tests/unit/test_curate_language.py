@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_llm.data.curate.language import LanguageIdentifier, LanguageParams, LanguageStage
+from megatron_llm.data.curate.stages.language import LanguageIdentifier, LanguageParams, LanguageStage
 
 # Held-out sentences written for this test (not from the model's training data as far as we know).
 SENTENCES = {

@@ -8,10 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from megatron_llm.data.curate.buckets import group_edges
-from megatron_llm.data.curate.clusters import cluster_removals, union_find_roots
 from megatron_llm.data.curate.corpus import edit_words, stdlib_chunks
-from megatron_llm.data.curate.minhash import MinHasher, Shingler, jaccard
+from megatron_llm.data.curate.pipeline.buckets import group_edges
+from megatron_llm.data.curate.pipeline.clusters import cluster_removals, union_find_roots
+from megatron_llm.data.curate.stages.minhash import MinHasher, Shingler, jaccard
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_llm.data.curate.pii import PiiParams, PiiRedactor, PiiStage, luhn_ok
+from megatron_llm.data.curate.stages.pii import PiiParams, PiiRedactor, PiiStage, luhn_ok
 
 CASES = [
     # e-mail addresses

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from megatron_llm.data.curate import gopher
-from megatron_llm.data.curate.c4 import C4Rules, apply_c4
 from megatron_llm.data.curate.config import load_config, parse_config
-from megatron_llm.data.curate.normalize import NormalizeParams, NormalizeStage, normalize_text
-from megatron_llm.data.curate.plan import steps_of
-from megatron_llm.data.curate.quality import QualityParams, QualityStage
-from megatron_llm.data.curate.wordlist import WordlistParams, WordlistStage
+from megatron_llm.data.curate.pipeline.plan import steps_of
+from megatron_llm.data.curate.stages import gopher
+from megatron_llm.data.curate.stages.c4 import C4Rules, apply_c4
+from megatron_llm.data.curate.stages.normalize import NormalizeParams, NormalizeStage, normalize_text
+from megatron_llm.data.curate.stages.quality import QualityParams, QualityStage
+from megatron_llm.data.curate.stages.wordlist import WordlistParams, WordlistStage
 from megatron_llm.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]

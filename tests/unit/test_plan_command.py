@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from megatron_llm.cli import main as cli_main
-from megatron_llm.plan import make_plan
+from megatron_llm.planning.command import make_plan
 from megatron_llm.planning.report import render
 from megatron_llm.planning.units import batch_sequences, parse_count
 
@@ -104,7 +104,7 @@ def test_counts() -> None:
 
 def test_plan_does_not_import_torch() -> None:
     code = (
-        "import sys; from megatron_llm.plan import make_plan; "
+        "import sys; from megatron_llm.planning.command import make_plan; "
         f"make_plan(['--config', {LLAMA_7B!r}, '--gpus', '8', '--top', '1']); "
         "assert 'torch' not in sys.modules, 'plan imported torch'"
     )

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from megatron_llm.data.tokenizer import load_tokenizer
+from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
 from megatron_llm.errors import UsageError
 from megatron_llm.evaluation import multiple_choice
-from megatron_llm.evaluation.generate import next_token
+from megatron_llm.evaluation.generate_command import next_token
 from megatron_llm.posttrain import synthetic
 from megatron_llm.posttrain.chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate, encode_chat, encode_prompt
 from megatron_llm.posttrain.dpo_data import PairSequences, load_pairs
@@ -204,7 +204,8 @@ def test_no_usable_record_is_a_usage_error_with_a_data_report(tmp_path, capsys, 
 
 
 def test_without_train_iters_the_run_lasts_the_requested_epochs(tmp_path, tok_dir):
-    from megatron_llm.posttrain import run, sft
+    from megatron_llm.posttrain import run
+    from megatron_llm.posttrain import sft_command as sft
 
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in synthetic.chat_records(synthetic.tasks(120, 3))))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_llm.data.tokenizer import load_tokenizer
+from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
 from megatron_llm.posttrain import synthetic
 from megatron_llm.posttrain.chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate, encode_chat, encode_prompt
 from megatron_llm.posttrain.packing import SFTDataset
@@ -147,7 +147,7 @@ def test_generation_with_the_kv_cache_equals_recomputing_the_sequence(env, tempe
     """Through megatron-core's static KV cache, and on past the window where the cache gives way to a
     sliding window, generation picks the tokens the uncached loop picks. A model left in training mode is
     switched to eval mode for generation and back afterwards."""
-    from megatron_llm.evaluation.generate import generate_ids
+    from megatron_llm.evaluation.generate_command import generate_ids
 
     model, prompt = env["model"], list(range(40, 52))
     args = (model, prompt, 30, 512, 24, set(), temperature, 1.0, 7)

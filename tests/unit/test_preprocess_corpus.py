@@ -143,7 +143,7 @@ def test_reference_helpers_agree_with_megatron_core_reader(tmp_path):
 
 def train_tokenizer_dir(directory: Path, model_type: str, docs: list[str], vocab_size: int = 800) -> Path:
     """A tokenizer directory trained by our trainer (byte fallback for SentencePiece)."""
-    from megatron_llm.data.tokenizer_trainers import save, train
+    from megatron_llm.data.tokenizers.trainers import save, train
 
     tokenizer = train(docs, model_type, vocab_size, ["<|im_start|>", "<|im_end|>"], model_type != "byte-bpe")
     return save(tokenizer, directory)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from megatron_llm import cli
-from megatron_llm.data.indexed_writer import IndexedDatasetWriter
+from megatron_llm.data.shards.indexed_writer import IndexedDatasetWriter
 from tests.unit.test_preprocess_corpus import multilingual_documents, train_tokenizer_dir, write_jsonl
 
 GOOD = b'{"text": "hello world"}\n'
@@ -59,7 +59,7 @@ def test_skip_counts_by_reason_and_the_summary_reconciles(tmp_path, capsys, toke
         "  skipped           5 (bad_json 3, missing_key 1, invalid_utf8 1)",
     ]
     assert lines[4].endswith("empty documents 1")
-    from megatron_llm.data.indexed_writer import read_index
+    from megatron_llm.data.shards.indexed_writer import read_index
 
     assert read_index(tmp_path / "o_text_document").document_count == 3
 
@@ -112,7 +112,7 @@ def test_interrupted_writes_never_leave_a_valid_looking_pair(tmp_path, monkeypat
 def test_preprocessing_imports_neither_torch_nor_megatron(tmp_path, tokenizer_dir, megatron_flags):
     """Also with Megatron-LM's HuggingFaceTokenizer flags, where transformers loads the directory (in a
     helper process that hides torch; test_preprocess_megatron compares its ids with transformers')."""
-    from megatron_llm.data.tokenizer import export_for_hf
+    from megatron_llm.data.tokenizers.tokenizer import export_for_hf
 
     write_jsonl(tmp_path / "in.jsonl", multilingual_documents(20))
     tokenizer = ["--tokenizer", str(tokenizer_dir)]

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from megatron_llm.data import merge, preprocess
+from megatron_llm.data.shards import merge_command as merge
+from megatron_llm.data.shards import preprocess_command as preprocess
 from tests.unit.test_preprocess_corpus import (
     multilingual_documents,
     same_files,
@@ -73,7 +74,7 @@ def test_gpt_dataset_builder_reads_the_shards(tmp_path, corpus, tokenizer_dir):
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-    from megatron_llm.data.tokenizer import load_tokenizer
+    from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
 
     write_jsonl(tmp_path / "in.jsonl", corpus[:60])
     run_preprocess("--input", tmp_path / "in.jsonl", "--output-prefix", tmp_path / "c", "--tokenizer",

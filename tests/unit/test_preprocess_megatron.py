@@ -9,9 +9,9 @@ import random
 import numpy as np
 import pytest
 
-from megatron_llm.data import preprocess
-from megatron_llm.data.bpe_backend import ENV
-from megatron_llm.data.sp_encoder import SentencePieceEncoder
+from megatron_llm.data.shards import preprocess_command as preprocess
+from megatron_llm.data.tokenizers.bpe_backend import ENV
+from megatron_llm.data.tokenizers.sp_encoder import SentencePieceEncoder
 from tests.unit.test_preprocess_corpus import (
     multilingual_documents,
     same_files,
@@ -102,7 +102,7 @@ def test_gpt_sentencepiece_tokenizer_flags_match_megatron(tmp_path, corpus, llam
 def test_huggingface_tokenizer_flags_match_transformers(tmp_path, corpus):
     import transformers
 
-    from megatron_llm.data.tokenizer import export_for_hf
+    from megatron_llm.data.tokenizers.tokenizer import export_for_hf
 
     tokenizer_dir = train_tokenizer_dir(tmp_path / "tok", "byte-bpe", corpus[::2], vocab_size=600)
     export_for_hf(tokenizer_dir, tmp_path / "hf")
@@ -182,7 +182,7 @@ def test_identity_normalization_shortcut_matches_sentencepiece(tmp_path, corpus)
 def test_megatron_tokenizer_manifest_values(llama_like_model):
     import sentencepiece
 
-    from megatron_llm.data.tokenizer_megatron import load_megatron_tokenizer
+    from megatron_llm.data.tokenizers.megatron_flags import load_megatron_tokenizer
 
     processor = sentencepiece.SentencePieceProcessor(model_file=llama_like_model)
     size = processor.get_piece_size()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from megatron_llm import cli
-from megatron_llm.data.indexed_writer import read_index
-from megatron_llm.data.tokenizer import load_tokenizer
+from megatron_llm.data.shards.indexed_writer import read_index
+from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
 from tests.unit.test_preprocess_corpus import multilingual_documents, train_tokenizer_dir
 
 

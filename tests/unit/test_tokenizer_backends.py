@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from megatron_llm.data.bpe_backend import ENV, GigatokenEncoder, gigatoken_encoder
-from megatron_llm.data.tokenizer import HFTokenizer, load_tokenizer
+from megatron_llm.data.tokenizers.bpe_backend import ENV, GigatokenEncoder, gigatoken_encoder
+from megatron_llm.data.tokenizers.tokenizer import HFTokenizer, load_tokenizer
 from tests.unit.test_preprocess_corpus import multilingual_documents, stdlib_documents, train_tokenizer_dir
 
 

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from megatron_llm import cli
-from megatron_llm.data.tokenizer import export_for_hf, load_tokenizer
-from megatron_llm.data.tokenizer_sample import parse_size, sample_corpus
+from megatron_llm.data.tokenizers.sample import parse_size, sample_corpus
+from megatron_llm.data.tokenizers.tokenizer import export_for_hf, load_tokenizer
 from megatron_llm.errors import UsageError
 from tests.unit.test_preprocess_corpus import PHRASES, multilingual_documents, stdlib_documents, write_jsonl
 

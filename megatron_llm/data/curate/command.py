@@ -6,10 +6,10 @@ import argparse
 import os
 
 from megatron_llm.data.curate.config import load_config
-from megatron_llm.data.curate.context import RunContext
-from megatron_llm.data.curate.layout import Layout
-from megatron_llm.data.curate.plan import establish_plan, make_plan, steps_of
-from megatron_llm.data.curate.runner import Shard, Workers, log, run_all, run_one_step
+from megatron_llm.data.curate.pipeline.context import RunContext
+from megatron_llm.data.curate.pipeline.layout import Layout
+from megatron_llm.data.curate.pipeline.plan import establish_plan, make_plan, steps_of
+from megatron_llm.data.curate.pipeline.runner import Shard, Workers, log, run_all, run_one_step
 from megatron_llm.data.readers import expand_inputs
 from megatron_llm.errors import UsageError
 

@@ -8,14 +8,14 @@ from typing import Any
 
 import yaml
 
-from megatron_llm.data.curate.dedup import ExactDedupParams, MinhashDedupParams
-from megatron_llm.data.curate.language import LanguageParams, LanguageStage
-from megatron_llm.data.curate.normalize import NormalizeParams, NormalizeStage
-from megatron_llm.data.curate.params import ParamError, as_dict, from_mapping
-from megatron_llm.data.curate.pii import PiiParams, PiiStage
-from megatron_llm.data.curate.quality import QualityParams, QualityStage
-from megatron_llm.data.curate.stage import DocStage
-from megatron_llm.data.curate.wordlist import WordlistParams, WordlistStage, load_terms
+from megatron_llm.data.curate.stages.base import DocStage
+from megatron_llm.data.curate.stages.dedup import ExactDedupParams, MinhashDedupParams
+from megatron_llm.data.curate.stages.language import LanguageParams, LanguageStage
+from megatron_llm.data.curate.stages.normalize import NormalizeParams, NormalizeStage
+from megatron_llm.data.curate.stages.params import ParamError, as_dict, from_mapping
+from megatron_llm.data.curate.stages.pii import PiiParams, PiiStage
+from megatron_llm.data.curate.stages.quality import QualityParams, QualityStage
+from megatron_llm.data.curate.stages.wordlist import WordlistParams, WordlistStage, load_terms
 from megatron_llm.errors import UsageError
 
 STAGE_PARAMS: dict[str, type] = {

@@ -1,0 +1,124 @@
+"""`megatron-llm inspect-data PREFIX`: check an indexed dataset and summarise it; `--decode N` shows documents.
+
+The checks are those a reader relies on: header, sizes, sequence pointers equal to the running sum of
+lengths, document indices rising from 0 to the sequence count. A failed check exits 2 naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from megatron_llm.data.shards.indexed_writer import IndexInfo, read_index
+from megatron_llm.errors import UsageError
+
+_BLOCK = 1 << 22
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megatron-llm inspect-data", description="Check and summarise a dataset.")
+    parser.add_argument("prefix", help="dataset prefix (PREFIX.bin + PREFIX.idx); a .bin/.idx path also works")
+    parser.add_argument("--decode", type=int, default=0, metavar="N", help="print the first N documents")
+    parser.add_argument("--max-chars", type=int, default=500, help="truncate decoded documents to this many chars")
+    parser.add_argument("--tokenizer", help="tokenizer directory, to decode (otherwise token ids are printed)")
+    parser.add_argument("--tokenizer-type", help="or Megatron-LM's tokenizer flags")
+    parser.add_argument("--tokenizer-model")
+    return parser
+
+
+def validate(prefix: str, index: IndexInfo) -> None:
+    """UsageError naming the file when the pair is not a consistent dataset."""
+    bin_path = f"{prefix}.bin"
+    if not os.path.exists(bin_path):
+        raise UsageError(f"{bin_path}: no such file")
+    itemsize = index.dtype.itemsize
+    expected = index.token_count * itemsize
+    if os.path.getsize(bin_path) != expected:
+        raise UsageError(f"{bin_path}: {os.path.getsize(bin_path)} bytes, the index describes {expected}")
+    if (index.sequence_lengths < 0).any():
+        raise UsageError(f"{index.path}: negative sequence length")
+    carry = 0
+    for start in range(0, index.sequence_count, _BLOCK):
+        lengths = index.sequence_lengths[start : start + _BLOCK].astype(np.int64) * itemsize
+        pointers = carry + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        if not np.array_equal(pointers, index.sequence_pointers[start : start + _BLOCK]):
+            raise UsageError(f"{index.path}: sequence pointers do not match the lengths near sequence {start}")
+        carry += int(lengths.sum())
+    documents = index.document_indices
+    if len(documents) == 0 or documents[0] != 0 or documents[-1] != index.sequence_count:
+        raise UsageError(f"{index.path}: document indices must run from 0 to {index.sequence_count}")
+    for start in range(0, len(documents), _BLOCK):
+        block = documents[start : start + _BLOCK + 1]
+        if (np.diff(block) < 0).any():
+            raise UsageError(f"{index.path}: document indices decrease near document {start}")
+
+
+def document_tokens(index: IndexInfo) -> np.ndarray:
+    """Tokens per document (one int64 per document)."""
+    ends = np.concatenate([[0], np.cumsum(index.sequence_lengths, dtype=np.int64)])
+    return ends[index.document_indices[1:]] - ends[index.document_indices[:-1]]
+
+
+def describe(prefix: str, index: IndexInfo) -> str:
+    per_doc = document_tokens(index)
+    lines = [
+        f"dataset      {prefix}",
+        f"dtype        {index.dtype}",
+        f"documents    {index.document_count}",
+        f"sequences    {index.sequence_count}",
+        f"tokens       {index.token_count}",
+        f"bin size     {os.path.getsize(prefix + '.bin')} bytes",
+    ]
+    if per_doc.size:
+        lines.append(
+            "tokens/doc   "
+            f"min {per_doc.min()}  median {int(np.median(per_doc))}  mean {per_doc.mean():.1f}  max {per_doc.max()}"
+        )
+        lines.append(f"empty docs   {int((per_doc == 0).sum())}")
+    return "\n".join(lines)
+
+
+def _tokenizer(args: argparse.Namespace):
+    if args.tokenizer:
+        from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
+
+        return load_tokenizer(args.tokenizer)
+    if args.tokenizer_type:
+        from megatron_llm.data.tokenizers.megatron_flags import load_megatron_tokenizer
+
+        return load_megatron_tokenizer(args.tokenizer_type, args.tokenizer_model)
+    return None
+
+
+def show_documents(prefix: str, index: IndexInfo, count: int, tokenizer, max_chars: int) -> str:
+    data = np.memmap(prefix + ".bin", mode="r", dtype=index.dtype)
+    ends = np.concatenate([[0], np.cumsum(index.sequence_lengths, dtype=np.int64)])
+    out = []
+    for doc in range(min(count, index.document_count)):
+        start, stop = ends[index.document_indices[doc]], ends[index.document_indices[doc + 1]]
+        ids = data[start:stop].tolist()
+        if tokenizer is None:
+            shown = " ".join(map(str, ids[:64])) + (" ..." if len(ids) > 64 else "")
+        else:
+            text = tokenizer.decode(ids)
+            shown = text[:max_chars] + ("..." if len(text) > max_chars else "")
+        out.append(f"--- document {doc} ({len(ids)} tokens)\n{shown}")
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    prefix = args.prefix[:-4] if args.prefix.endswith((".bin", ".idx")) else args.prefix
+    index = read_index(prefix)
+    validate(prefix, index)
+    print(describe(prefix, index))
+    if args.decode:
+        print(show_documents(prefix, index, args.decode, _tokenizer(args), args.max_chars))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
