@@ -25,17 +25,15 @@ warnings.filterwarnings("ignore")
 def bare_steps(trainer, num_steps: int, start_sample: int) -> float:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_llm.training.step import forward_step
-
     s = trainer.config.schedule
-    data = trainer.iterators(trainer.train_data, start_sample, num_steps)
+    data = trainer._iterators(trainer.train_data, start_sample, num_steps)
     forward_backward = get_forward_backward_func()
     begin = time.perf_counter()
     for _ in range(num_steps):
         for chunk in trainer.model:
             chunk.zero_grad_buffer()
         trainer.optimizer.zero_grad()
-        forward_backward(forward_step_func=forward_step, data_iterator=data[0] if len(data) == 1 else data,
+        forward_backward(forward_step_func=trainer.task.forward_step, data_iterator=data[0] if len(data) == 1 else data,
                          model=trainer.model, num_microbatches=trainer.num_microbatches,
                          seq_length=trainer.config.data.seq_length, micro_batch_size=s.micro_batch_size,
                          forward_only=False)
@@ -45,12 +43,10 @@ def bare_steps(trainer, num_steps: int, start_sample: int) -> float:
 
 
 def our_steps(trainer, num_steps: int) -> float:
-    from megatron_llm.training.loop import train
-
     # Bound the round by the loop's own end condition (exit_interval would also save a checkpoint).
     trainer.train_iters = trainer.state.step + num_steps
     begin = time.perf_counter()
-    train(trainer)
+    trainer.fit()
     return time.perf_counter() - begin
 
 
@@ -61,14 +57,14 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
-    from megatron_llm.training.loop import setup
+    from megatron_llm.training.setup import build_trainer
 
     total = 2 * args.rounds * args.steps + args.steps
     config = load_config("examples/configs/tiny.yaml", [
         f"schedule.train_iters={total}", "schedule.eval_iters=0", "logging.progress=false",
         "logging.log_interval=1", *args.overrides])
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = setup(config, Path(run_dir))
+        trainer = build_trainer(config, Path(run_dir))
         our_steps(trainer, args.steps)  # warm-up: first-step allocations, TensorBoard writer start
         ours, bare = [], []
         for _ in range(args.rounds):

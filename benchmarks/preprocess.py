@@ -235,7 +235,8 @@ def main() -> int:
         model = str(directory / "tokenizer.model") if kind == "sentencepiece" else str(hf_dir)
         ref_wall, ref_rss = run([sys.executable, str(cache / "reference.py"), kind, model, str(corpus),
                                  str(out / f"ref-{kind}"), str(args.workers)])
-        flags = (["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", model] if kind == "sentencepiece"
+        flags = (["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", model, "--legacy-tokenizer"]
+                 if kind == "sentencepiece"
                  else ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", model])
         mega_wall, mega_rss = run([*ours_cli, "--input", str(corpus), "--output-prefix", str(out / f"flags-{kind}"),
                                    *flags])

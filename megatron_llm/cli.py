@@ -29,6 +29,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("megatron_llm.posttrain.dpo_command", "direct preference optimisation"),
     "evaluate": ("megatron_llm.evaluation.command", "perplexity and multiple-choice evaluation"),
     "generate": ("megatron_llm.evaluation.generate_command", "generate text from a checkpoint"),
+    "lm-eval": ("megatron_llm.evaluation.lm_eval_command", "lm-evaluation-harness with the megatron-llm model"),
+    "doctor": ("megatron_llm.runtime.doctor_command", "what is installed, what the GPU supports, what a config uses"),
+    "runs": ("megatron_llm.runs.command", "summarise a run directory and plot its curves (runs show)"),
+    "config": ("megatron_llm.config.command",
+               "show every configuration field with its value, default and documentation"),
 }
 
 

@@ -7,10 +7,11 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from megatron_llm.config.fields import describe_type, value_fits
 from megatron_llm.config.schema import Config
 from megatron_llm.errors import UsageError
 
@@ -26,6 +27,8 @@ def _accepts(annotation: Any, value: Any) -> tuple[bool, Any]:
         return False, value
     if annotation is type(None):
         return value is None, value
+    if origin is Literal:
+        return value_fits(annotation, value), value
     if annotation is bool:
         return isinstance(value, bool), value
     if annotation is int:
@@ -43,11 +46,16 @@ def _accepts(annotation: Any, value: Any) -> tuple[bool, Any]:
         return isinstance(value, str), value
     if annotation is list or origin is list:
         return isinstance(value, list), value
+    if dataclasses.is_dataclass(annotation):
+        return isinstance(value, annotation), value
     return True, value
 
 
-def _type_name(annotation: Any) -> str:
-    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+def _nested_class(annotation: Any) -> type | None:
+    """The dataclass of a nested mapping field (`X` or `X | None`), else None."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else (annotation,)
+    return next((o for o in options if dataclasses.is_dataclass(o)), None)
 
 
 def _section_hints(section_cls: type) -> dict[str, Any]:
@@ -55,20 +63,34 @@ def _section_hints(section_cls: type) -> dict[str, Any]:
 
 
 def _apply(config: Config, dotted: str, value: Any, source: str) -> None:
+    """Set `section.field` (or `section.field.sub` inside a nested mapping such as logging.wandb) to `value`."""
     parts = dotted.split(".")
-    if len(parts) != 2:
+    if len(parts) < 2:
         raise UsageError(f"{source}: {dotted!r} is not a `section.field` name")
-    section_name, field_name = parts
+    section_name, field_name = parts[0], parts[-1]
     section = getattr(config, section_name, None)
     if section is None or not dataclasses.is_dataclass(section):
         sections = ", ".join(f.name for f in dataclasses.fields(config))
         raise UsageError(f"{source}: unknown section {section_name!r} (sections: {sections})")
+    for depth, name in enumerate(parts[1:-1], start=2):
+        nested = _nested_class(_section_hints(type(section)).get(name))
+        if nested is None:
+            raise UsageError(f"{source}: unknown field {'.'.join(parts[:depth])!r} (not a mapping)")
+        if getattr(section, name) is None:
+            setattr(section, name, nested())
+        section = getattr(section, name)
     hints = _section_hints(type(section))
     if field_name not in hints:
         raise UsageError(f"{source}: unknown field {dotted!r}")
+    nested = _nested_class(hints[field_name])
+    if nested is not None and isinstance(value, dict):
+        setattr(section, field_name, nested())
+        for key, item in value.items():
+            _apply(config, f"{dotted}.{key}", item, source)
+        return
     ok, coerced = _accepts(hints[field_name], value)
     if not ok:
-        raise UsageError(f"{source}: {dotted} must be {_type_name(hints[field_name])}, got {value!r}")
+        raise UsageError(f"{source}: {dotted} must be {describe_type(hints[field_name])}, got {value!r}")
     setattr(section, field_name, coerced)
 
 
@@ -106,6 +128,11 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
             for key, value in values.items():
                 line = _line_of(text, section_name, key)
                 _apply(config, f"{section_name}.{key}", value, f"{path}:{line}" if line else str(path))
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply `key.path=value` overrides (values read as YAML) to `config`, in order."""
     for override in overrides:
         if "=" not in override:
             raise UsageError(f"--set {override!r}: expected key.path=value")

@@ -8,7 +8,7 @@ import sys
 from megatron_llm.errors import UsageError
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megatron-llm convert", description=__doc__)
     sub = parser.add_subparsers(dest="direction", required=True)
     to_hf = sub.add_parser("to-hf", help="export a checkpoint (any TP/PP layout) as a Hugging Face model")
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.direction == "to-hf":
         from megatron_llm.convert.to_hf import export_to_hf
 

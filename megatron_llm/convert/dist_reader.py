@@ -22,12 +22,12 @@ import zipfile
 from pathlib import Path
 
 import torch
-from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from megatron_llm.errors import UsageError
+from megatron_llm.training.checkpoint.safe_pickle import SafeFileSystemReader
 
 
 class _RegionPlanner:
@@ -141,7 +141,7 @@ class TorchDistReader:
         self.directory = Path(directory)
         if not (self.directory / ".metadata").is_file():
             raise UsageError(f"{self.directory / '.metadata'}: missing (not a torch_dist checkpoint)")
-        self._reader = FileSystemReader(str(self.directory))
+        self._reader = SafeFileSystemReader(str(self.directory))
         self.metadata = self._reader.read_metadata()
         self._reader.set_up_storage_reader(self.metadata, is_coordinator=True)
 

@@ -20,14 +20,12 @@ from tqdm import tqdm
 from megatron_llm.config.loader import config_to_dict
 from megatron_llm.config.schema import Config
 from megatron_llm.config.validation import layout_problems
-from megatron_llm.convert import mapping
 from megatron_llm.convert.hf_config import hf_dtype, model_config_from_hf, read_config_json
 from megatron_llm.convert.hf_files import SafetensorsReader, publish
+from megatron_llm.convert.mapping import Dims, ParamMapping
+from megatron_llm.convert.tables import check_hf_shape, import_entry, table_for
 from megatron_llm.errors import UsageError
 from megatron_llm.model.vocab import padded_vocab_size
-
-_PLAIN_TO_KEY = {"input_layernorm.weight": mapping.INPUT_NORM, "pre_mlp_layernorm.weight": mapping.MLP_NORM}
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def build_config(hf_dir: str | Path, tensor: int = 1, pipeline: int = 1) -> Config:
@@ -45,74 +43,56 @@ def build_config(hf_dir: str | Path, tensor: int = 1, pipeline: int = 1) -> Conf
     return config
 
 
-def expected_hf_names(config: Config) -> list[str]:
+def dims_of(config: Config) -> Dims:
+    """The sizes the weight map needs, the vocabulary padded as the model built at this TP size pads it."""
     m = config.model
-    names = [mapping.HF_EMBEDDING, mapping.HF_FINAL_NORM]
-    if not m.tie_embeddings:
-        names.append(mapping.HF_OUTPUT)
-    for layer in range(m.num_layers):
-        names += mapping.hf_layer_names(layer, m)
-    return names
+    padded = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, config.parallel.tensor)
+    return Dims(m, m.vocab_size, padded)
 
 
 def check_weights(reader: SafetensorsReader, config: Config) -> None:
-    """Every tensor the model needs is there with the right shape, and nothing we would silently drop."""
-    m = config.model
-    expected = set(expected_hf_names(config))
-    missing = sorted(expected - set(reader.names()))
+    """Every tensor the model needs is there with the right shape (read from the file headers), and nothing
+    we would silently drop."""
+    m, dims = config.model, dims_of(config)
+    table = table_for(m)
+    expected = table.hf_sources(dims)
+    missing = sorted(set(expected) - set(reader.names()))
     if missing:
         raise UsageError(f"{reader.dir}: tensor {missing[0]!r} is missing ({len(missing)} missing in all)")
-    extra = sorted(n for n in set(reader.names()) - expected
-                   if not n.endswith(_IGNORED_SUFFIXES) and not (m.tie_embeddings and n == mapping.HF_OUTPUT))
+    extra = sorted(n for n in set(reader.names()) - set(expected) if not table.hf_tolerated(n, dims))
     if extra:
-        raise UsageError(f"{reader.dir}: tensor {extra[0]!r} has no place in a {m.num_layers}-layer Llama-style "
-                         f"model ({len(extra)} unexpected in all)")
-    for name in (mapping.HF_EMBEDDING,) + (() if m.tie_embeddings else (mapping.HF_OUTPUT,)):
-        shape = reader.shape(name)
-        if shape != (m.vocab_size, m.hidden_size):
-            raise UsageError(f"{name}: shape {shape}, expected (vocab_size, hidden_size) = "
-                             f"({m.vocab_size}, {m.hidden_size}) from config.json")
+        raise UsageError(f"{reader.dir}: tensor {extra[0]!r} has no place in a {m.num_layers}-layer "
+                         f"{table.name}-style model ({len(extra)} unexpected in all)")
+    for name, shape in expected.items():
+        check_hf_shape(name, reader.shape(name), shape, dims)
 
 
 class _GlobalTensors:
     """Megatron global (TP-merged) tensors computed from HF ones, one decoder layer cached at a time."""
 
     def __init__(self, reader: SafetensorsReader, config: Config, progress: tqdm | None = None) -> None:
-        self.reader, self.config, self.progress = reader, config, progress
-        m = config.model
-        self.padded = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, config.parallel.tensor)
-        self._layer: tuple[int, dict[str, torch.Tensor]] | None = None
+        self.reader, self.progress = reader, progress
+        self.table, self.dims = table_for(config.model), dims_of(config)
+        self._layer: tuple[int, dict[ParamMapping, torch.Tensor]] | None = None
 
-    def get(self, name: str, layer_offset: int) -> torch.Tensor:
-        if name == mapping.EMBEDDING or (name == mapping.OUTPUT and self.config.model.tie_embeddings):
-            return mapping.pad_vocab(self.reader.get(mapping.HF_EMBEDDING), self.padded)
-        if name == mapping.OUTPUT:
-            return mapping.pad_vocab(self.reader.get(mapping.HF_OUTPUT), self.padded)
-        if name == mapping.FINAL_NORM:
-            return self.reader.get(mapping.HF_FINAL_NORM)
-        if not name.startswith(mapping.LAYER_PREFIX):
-            raise UsageError(f"model parameter {name!r} has no Hugging Face counterpart")
-        local, _, rest = name[len(mapping.LAYER_PREFIX):].partition(".")
-        layer = int(local) + layer_offset
+    def get(self, entry: ParamMapping, layer: int | None) -> torch.Tensor:
+        """`entry`'s global tensor; `layer` is the global layer number of a per-layer entry."""
+        if layer is None:
+            return import_entry(entry, self.reader.get, None, self.dims)
         if self._layer is None or self._layer[0] != layer:
-            self._layer = (layer, mapping.hf_layer_to_megatron(self.reader.get, layer, self.config.model))
+            self._layer = None  # free the previous layer before reading the next
+            self._layer = (layer, {e: import_entry(e, self.reader.get, layer, self.dims) for e in self.table.layer})
             if self.progress is not None:
                 self.progress.update(1)
-        key = _PLAIN_TO_KEY.get(rest, rest)
-        if key not in self._layer[1]:
-            raise UsageError(f"model parameter {name!r} has no Hugging Face counterpart")
-        return self._layer[1][key]
+        return self._layer[1][entry]
 
 
-def tp_shard(full: torch.Tensor, param: torch.nn.Parameter, name: str, rank: int, size: int) -> torch.Tensor:
-    """This TP rank's part of a global tensor, as megatron-core's layers split it."""
-    if size == 1 or not getattr(param, "tensor_model_parallel", False):
-        return full
-    dim = param.partition_dim
-    if name.endswith("linear_fc1.weight"):
-        gate, up = torch.chunk(full, 2, dim=0)
-        return torch.cat([torch.chunk(gate, size, dim)[rank], torch.chunk(up, size, dim)[rank]], dim=0)
-    return torch.chunk(full, size, dim)[rank]
+def _check_split(name: str, entry: ParamMapping, param: torch.nn.Parameter) -> None:
+    """The table's TP split dimension is the one megatron-core gave the parameter."""
+    actual = param.partition_dim if getattr(param, "tensor_model_parallel", False) else None
+    if actual != entry.tp_dim:
+        raise UsageError(f"internal: {name}: megatron-core splits it along dim {actual} across tensor-parallel "
+                         f"ranks, the weight map's {entry!r} along dim {entry.tp_dim}")
 
 
 def load_hf_into_chunks(chunks: list, reader: SafetensorsReader, config: Config, progress: bool = True) -> None:
@@ -130,7 +110,11 @@ def load_hf_into_chunks(chunks: list, reader: SafetensorsReader, config: Config,
         offset = get_transformer_layer_offset(chunk.config, index if len(chunks) > 1 else None)
         with torch.no_grad():
             for name, param in chunk.named_parameters():
-                part = tp_shard(source.get(name, offset), param, name, tp_rank, tp)
+                entry, layer = source.table.find(name)
+                if tp > 1:
+                    _check_split(name, entry, param)
+                full = source.get(entry, None if layer is None else layer + offset)
+                part = entry.tp_shard(full, tp_rank, tp)
                 if part.shape != param.shape:
                     raise UsageError(f"{name}: converted shard has shape {tuple(part.shape)}, the model expects "
                                      f"{tuple(param.shape)}")

@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from megatron_llm.config.loader import config_from_dict
 from megatron_llm.config.schema import Config
-from megatron_llm.convert import mapping
 from megatron_llm.convert.dist_reader import TorchDistReader
 from megatron_llm.convert.hf_config import DTYPES, hf_config_dict
 from megatron_llm.convert.hf_files import StreamingSafetensorsWriter, publish
+from megatron_llm.convert.mapping import Dims, ParamMapping, ReadMegatron, Rows
+from megatron_llm.convert.tables import Table, export_entry, table_for
 from megatron_llm.errors import UsageError
 from megatron_llm.training.checkpoint.format import read_metadata, resolve_checkpoint, verify_directory
 
@@ -56,7 +57,7 @@ def _load_tokenizer(path: str, metadata: dict):
     return load_tokenizer(path)
 
 
-def _vocab_size(config: Config, tokenizer, padded: int) -> int:
+def _vocab_size(config: Config, tokenizer, padded: int, embedding: str) -> int:
     vocab = config.model.vocab_size or (tokenizer.vocab_size if tokenizer is not None else None)
     if vocab is None:
         raise UsageError("the checkpoint's config has no model.vocab_size and no tokenizer to take it from")
@@ -64,21 +65,28 @@ def _vocab_size(config: Config, tokenizer, padded: int) -> int:
         raise UsageError(f"vocabulary conflict: the tokenizer has {tokenizer.vocab_size} tokens but "
                          f"model.vocab_size={vocab}")
     if vocab > padded:
-        raise UsageError(f"vocabulary conflict: {mapping.EMBEDDING} has {padded} rows, fewer than "
+        raise UsageError(f"vocabulary conflict: {embedding} has {padded} rows, fewer than "
                          f"model.vocab_size={vocab}")
     return vocab
 
 
-def _check_layers(reader: TorchDistReader, config: Config) -> None:
-    for key in mapping.layer_keys(config.model):
-        shape = reader.shape(mapping.LAYER_PREFIX + key)
-        if shape[0] != config.model.num_layers:
-            raise UsageError(f"{mapping.LAYER_PREFIX + key}: {shape[0]} layers in the checkpoint, "
-                             f"model.num_layers={config.model.num_layers}")
-    rows = reader.shape(mapping.LAYER_PREFIX + mapping.FC1)[1]
-    if rows != 2 * config.model.ffn_hidden_size:
-        raise UsageError(f"{mapping.LAYER_PREFIX + mapping.FC1}: {rows} rows, expected 2 x model.ffn_hidden_size = "
-                         f"{2 * config.model.ffn_hidden_size}")
+def _check_shapes(reader: TorchDistReader, table: Table, dims: Dims) -> None:
+    """Every tensor the export reads is in the checkpoint with the shape the config implies."""
+    layers = dims.model.num_layers
+    for entry in table.entries:
+        if not entry.hf_shapes(dims):
+            continue
+        key = entry.checkpoint_key
+        shape = tuple(reader.shape(key))
+        if entry.per_layer:
+            if shape[0] != layers:
+                raise UsageError(f"{key}: {shape[0]} layers in the checkpoint, model.num_layers={layers}")
+            shape = shape[1:]
+        expected = entry.megatron_shape(dims)
+        if shape != expected:
+            per_layer = " per layer" if entry.per_layer else ""
+            raise UsageError(f"{key}: shape {shape}{per_layer} in the checkpoint, expected {expected} from the "
+                             "checkpoint's model config")
 
 
 def _staging_dir(output: Path) -> Path:
@@ -109,15 +117,18 @@ def export_to_hf(checkpoint: str | Path, output: str | Path, iteration: int | No
     reader = TorchDistReader(directory)
     tok_path = _tokenizer_dir(metadata, config)
     tokenizer = _load_tokenizer(tok_path, metadata) if tok_path else None
-    vocab = _vocab_size(config, tokenizer, reader.shape(mapping.EMBEDDING)[0])
-    _check_layers(reader, config)
+    table = table_for(config.model)
+    embedding = table.vocab_entry().checkpoint_key
+    padded = reader.shape(embedding)[0]
+    dims = Dims(config.model, _vocab_size(config, tokenizer, padded, embedding), padded)
+    _check_shapes(reader, table, dims)
     output = Path(output)
     staging = _staging_dir(output)
     try:
-        shards, total = _write_weights(reader, config, vocab, DTYPES[dtype], staging, max_shard_bytes, progress)
+        shards, total = _write_weights(reader, table, dims, DTYPES[dtype], staging, max_shard_bytes, progress)
         special = {} if tokenizer is None else {"bos": tokenizer.bos_id, "eos": tokenizer.eod_id,
                                                  "pad": tokenizer.pad_id}
-        hf_config = hf_config_dict(config.model, vocab, dtype, special)
+        hf_config = hf_config_dict(config.model, dims.vocab_size, dtype, special)
         (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         generation = {k: v for k, v in (("bos_token_id", special.get("bos")), ("eos_token_id", special.get("eos")),
                                         ("pad_token_id", special.get("pad"))) if v is not None}
@@ -130,25 +141,39 @@ def export_to_hf(checkpoint: str | Path, output: str | Path, iteration: int | No
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return ExportResult(output, directory, metadata.get("step", 0), vocab, tok_path, shards, total)
+    return ExportResult(output, directory, metadata.get("step", 0), dims.vocab_size, tok_path, shards, total)
 
 
-def _write_weights(reader: TorchDistReader, config: Config, vocab: int, dtype: torch.dtype, out: Path,
+def _region(reader: TorchDistReader, entry: ParamMapping, layer: int | None) -> ReadMegatron:
+    """Reads (rows of) one entry's global tensor, at one layer for a per-layer entry."""
+    key = entry.checkpoint_key
+
+    def read(rows: Rows) -> torch.Tensor:
+        if layer is not None:
+            return reader.read_layer(key, layer, rows)
+        if rows is None:
+            return reader.read(key)
+        rest = tuple(reader.shape(key)[1:])
+        return reader.read(key, (rows[0],) + (0,) * len(rest), (rows[1] - rows[0],) + rest)
+
+    return read
+
+
+def _write_weights(reader: TorchDistReader, table: Table, dims: Dims, dtype: torch.dtype, out: Path,
                    max_shard_bytes: int, progress: bool) -> tuple[list[str], int]:
-    model = config.model
-    writer = StreamingSafetensorsWriter(out, mapping.hf_plan(model, vocab), dtype, max_shard_bytes)
-    writer.add(mapping.HF_EMBEDDING, mapping.unpad_vocab(reader.read(mapping.EMBEDDING), vocab, mapping.EMBEDDING))
-    for layer in tqdm(range(model.num_layers), desc="to-hf layers", unit="layer", disable=not progress):
-        tensors = {key: reader.read_layer(mapping.LAYER_PREFIX + key, layer)
-                   for key in mapping.layer_keys(model) if key != mapping.FC1}
-        ffn = model.ffn_hidden_size
-        tensors[mapping.FC1_GATE] = reader.read_layer(mapping.LAYER_PREFIX + mapping.FC1, layer, (0, ffn))
-        tensors[mapping.FC1_UP] = reader.read_layer(mapping.LAYER_PREFIX + mapping.FC1, layer, (ffn, 2 * ffn))
-        converted = mapping.megatron_layer_to_hf(tensors, layer, model)
-        del tensors
-        for name in mapping.hf_layer_names(layer, model):
-            writer.add(name, converted.pop(name))
-    writer.add(mapping.HF_FINAL_NORM, reader.read(mapping.FINAL_NORM))
-    if not model.tie_embeddings:
-        writer.add(mapping.HF_OUTPUT, mapping.unpad_vocab(reader.read(mapping.OUTPUT), vocab, mapping.OUTPUT))
+    """Walk the table: each entry is read, converted and written before the next one is read."""
+    writer = StreamingSafetensorsWriter(out, table.hf_plan(dims), dtype, max_shard_bytes)
+
+    def write(entry: ParamMapping, layer: int | None) -> None:
+        if entry.hf_shapes(dims):  # a tied output layer exports nothing
+            for name, tensor in export_entry(entry, _region(reader, entry, layer), layer, dims):
+                writer.add(name, tensor)
+
+    for entry in table.head:
+        write(entry, None)
+    for layer in tqdm(range(dims.model.num_layers), desc="to-hf layers", unit="layer", disable=not progress):
+        for entry in table.layer:
+            write(entry, layer)
+    for entry in table.tail:
+        write(entry, None)
     return writer.finish(), writer.total_bytes

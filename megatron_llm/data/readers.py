@@ -13,6 +13,7 @@ import glob
 import gzip
 import io
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -80,18 +81,109 @@ def expand_inputs(patterns: Iterable[str]) -> list[Path]:
     return files
 
 
-def open_binary(path: Path | str) -> BinaryIO:
-    """The decompressed bytes of a file, by suffix: `.gz` (gzip), `.zst` (zstandard), else raw."""
-    name = str(path).lower()
-    if name.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if name.endswith(".zst"):
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def compression_of(path: Path | str) -> str | None:
+    """'gzip' or 'zstd' from the file's first bytes (whatever its name says), else None."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(4)
+    except OSError as error:
+        raise located(str(path), None, f"cannot read: {error.strerror or error}") from error
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head == ZSTD_MAGIC:
+        return "zstd"
+    return None
+
+
+class _ZstdReader(io.RawIOBase):
+    """Decompresses concatenated zstd frames and notices a stream that ends inside a frame."""
+
+    def __init__(self, raw: BinaryIO) -> None:
         import zstandard
 
-        raw = open(path, "rb")  # noqa: SIM115 - the reader owns it (closefd=True)
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20)  # type: ignore[arg-type,return-value]
-    return open(path, "rb")
+        super().__init__()
+        self.raw = raw
+        self._factory = zstandard.ZstdDecompressor()
+        self._decoder = self._factory.decompressobj()
+        self._pending = b""
+        self._in_frame = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            block = self.raw.read(1 << 20)
+            if not block:
+                if self._in_frame:
+                    raise EOFError("premature end of a zstd frame (the file is truncated)")
+                return 0
+            self._pending = self._feed(block)
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+    def _feed(self, block: bytes) -> bytes:
+        out = []
+        while block:
+            self._in_frame = True
+            out.append(self._decoder.decompress(block))
+            if not self._decoder.eof:
+                break
+            self._in_frame = False
+            block = self._decoder.unused_data
+            self._decoder = self._factory.decompressobj()
+        return b"".join(out)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class _GuardedReader(io.RawIOBase):
+    """A decompressing stream whose truncation or corruption is a UsageError naming the file and the
+    compressed byte offset where reading stopped."""
+
+    def __init__(self, path: Path | str, inner: BinaryIO, raw: BinaryIO, kind: str) -> None:
+        super().__init__()
+        self.path, self.inner, self.raw, self.kind = str(path), inner, raw, kind
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            return self.inner.readinto(buffer)
+        except UsageError:
+            raise
+        except Exception as error:  # EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError
+            if not isinstance(error, (EOFError, OSError)) and not type(error).__module__.startswith(("zstandard",
+                                                                                                       "zlib")):
+                raise
+            offset = self.raw.tell() if not self.raw.closed else "?"
+            raise located(self.path, None, f"truncated or corrupt {self.kind} stream at compressed byte {offset} "
+                                           f"of {os.path.getsize(self.path)}: {error}") from error
+
+    def close(self) -> None:
+        self.inner.close()
+        self.raw.close()
+        super().close()
+
+
+def open_binary(path: Path | str) -> BinaryIO:
+    """The decompressed bytes of a file: gzip and zstd are recognised by their magic bytes, whatever the
+    file's name; a truncated or corrupt compressed stream is a UsageError when it is read."""
+    kind = compression_of(path)
+    if kind is None:
+        return open(path, "rb")
+    raw = open(path, "rb")  # noqa: SIM115 - owned and closed by the returned reader
+    inner = gzip.GzipFile(fileobj=raw, mode="rb") if kind == "gzip" else _ZstdReader(raw)
+    return io.BufferedReader(_GuardedReader(path, inner, raw, kind), buffer_size=1 << 20)  # type: ignore
 
 
 def iter_line_chunks(path: Path | str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[tuple[int, list[bytes]]]:

@@ -4,6 +4,11 @@ GPTModel given labels returns the per-token loss -log p(label) (vocab-parallel c
 tensor-parallel split); summing it under a mask gives the log-probability of a continuation. Sequences are
 spread over data-parallel ranks, the results exist on the last pipeline stage, and one all-reduce gives
 every rank every result. This serves multiple-choice scoring, perplexity and DPO's reference model.
+
+With `vocab` given, the forward pass returns the logits instead (gathered over tensor-parallel ranks), cut to
+the first `vocab` entries (the exported model's vocabulary, without the padding rows), and the log-softmax is
+taken in float64: this also says whether every scored token was the greedy choice (lm-evaluation-harness's
+`is_greedy`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_llm.training.forward import forward_batch, holds_loss, to_device
+
 
 @dataclass
 class Scored:
@@ -22,6 +29,7 @@ class Scored:
 
     logprob: torch.Tensor
     num_tokens: torch.Tensor
+    greedy: torch.Tensor | None = None  # with `vocab`: 1.0 where every scored token was the argmax
 
 
 def pad_sequence(ids: list[int], mask: list[bool], seq_length: int, pad_id: int) -> dict[str, torch.Tensor]:
@@ -41,12 +49,6 @@ def pad_sequence(ids: list[int], mask: list[bool], seq_length: int, pad_id: int)
             "position_ids": torch.arange(seq_length, dtype=torch.int64)}
 
 
-def _contributes() -> bool:
-    return (parallel_state.is_pipeline_last_stage(ignore_virtual=True)
-            and parallel_state.get_tensor_model_parallel_rank() == 0
-            and parallel_state.get_context_parallel_rank() == 0)
-
-
 def _micro_batches(samples: list[dict], indices: list[int], micro_batch_size: int) -> Iterator[dict]:
     for start in range(0, len(indices), micro_batch_size):
         chosen = indices[start:start + micro_batch_size]
@@ -57,10 +59,8 @@ def _micro_batches(samples: list[dict], indices: list[int], micro_batch_size: in
 
 def _forward_step(data_iterator, model):
     batch = next(data_iterator)
-    index, mask = batch["index"], batch["loss_mask"]
-    if torch.cuda.is_available():
-        batch = {k: v.cuda(non_blocking=True) for k, v in batch.items()}
-    output = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"])
+    index, mask = batch.pop("index"), batch["loss_mask"]
+    output = forward_batch(model, batch)
 
     def loss_func(per_token_loss: torch.Tensor):
         per_token = per_token_loss.float().cpu().reshape(mask.shape)
@@ -72,8 +72,30 @@ def _forward_step(data_iterator, model):
     return output, loss_func
 
 
+def _logits_forward_step(vocab: int):
+    def step(data_iterator, model):
+        batch = next(data_iterator)
+        index, mask, labels = batch.pop("index"), batch["loss_mask"], batch["labels"]
+        moved = to_device(batch)
+        output = model(moved["tokens"], moved["position_ids"], None, runtime_gather_output=True)
+
+        def loss_func(logits: torch.Tensor):
+            logp = torch.log_softmax(logits[..., :vocab].double().cpu(), dim=-1)
+            picked = logp.gather(-1, labels[..., None]).squeeze(-1)
+            greedy = (logp.argmax(dim=-1) == labels) | (mask == 0)
+            zero = logits.sum() * 0.0
+            return zero, torch.tensor(1, dtype=torch.int), {
+                "index": index, "logprob": (picked * mask).sum(dim=1), "num_tokens": mask.sum(dim=1).double(),
+                "greedy": greedy.all(dim=1).double()}
+
+        return output, loss_func
+
+    return step
+
+
 @torch.no_grad()
-def score_samples(model: list, samples: list[dict], seq_length: int, micro_batch_size: int) -> Scored:
+def score_samples(model: list, samples: list[dict], seq_length: int, micro_batch_size: int,
+                  vocab: int | None = None) -> Scored:
     """Summed log-probability of the masked labels of every sample (all of length `seq_length`).
 
     Every rank must call this with the same samples; every rank gets every result.
@@ -89,12 +111,14 @@ def score_samples(model: list, samples: list[dict], seq_length: int, micro_batch
     valid = [dp_rank * per_rank + k < count for k in range(per_rank)]
     logprob = torch.zeros(count, dtype=torch.float64)
     num_tokens = torch.zeros(count, dtype=torch.float64)
+    greedy = torch.zeros(count, dtype=torch.float64)
+    modes = [chunk.training for chunk in model]
     for chunk in model:
         chunk.eval()
     if per_rank:
         iterators = [_micro_batches(samples, indices, micro_batch_size) for _ in model]
         outputs = get_forward_backward_func()(
-            forward_step_func=_forward_step,
+            forward_step_func=_forward_step if vocab is None else _logits_forward_step(vocab),
             data_iterator=iterators if len(model) > 1 else iterators[0],
             model=model,
             num_microbatches=per_rank // micro_batch_size,
@@ -102,18 +126,20 @@ def score_samples(model: list, samples: list[dict], seq_length: int, micro_batch
             micro_batch_size=micro_batch_size,
             forward_only=True,
         )
-        if _contributes():
+        if holds_loss():
             flags = iter(valid)
             for item in outputs:
-                for i, lp, nt in zip(item["index"].tolist(), item["logprob"], item["num_tokens"]):
+                flags_of = item.get("greedy", torch.zeros(len(item["index"]), dtype=torch.float64))
+                for i, lp, nt, g in zip(item["index"].tolist(), item["logprob"], item["num_tokens"], flags_of):
                     if next(flags):
                         logprob[i] = lp
                         num_tokens[i] = nt
-    for chunk in model:
-        chunk.train()
-    both = torch.stack([logprob, num_tokens])
+                        greedy[i] = g
+    for chunk, mode in zip(model, modes):
+        chunk.train(mode)
+    both = torch.stack([logprob, num_tokens, greedy])
     if torch.cuda.is_available():
         both = both.cuda()
     torch.distributed.all_reduce(both)
     both = both.cpu()
-    return Scored(both[0], both[1])
+    return Scored(both[0], both[1], both[2] if vocab is not None else None)

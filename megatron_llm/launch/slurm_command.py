@@ -1,9 +1,11 @@
-"""`megatron-llm slurm submit|status`: render the packaged pretrain.sbatch for a config, check, submit, inspect.
+"""`megatron-llm slurm submit|status|template`: render the packaged pretrain.sbatch for a config, check,
+submit, inspect; or hand out one of the packaged sbatch templates.
 
 `submit` checks the config's parallel layout against nodes x GPUs (or processes) per node before anything
 reaches SLURM, fills in the script's #SBATCH lines and settings block, keeps the rendered script and a
 record of the submission under RUN_DIR/slurm/, and prints the job id. `status` reads that record, asks
-SLURM about the job and shows the restarts the script logged and the last metrics line.
+SLURM about the job and shows the restarts the script logged and the last metrics line. `template NAME -o FILE`
+copies a packaged template (pretrain, preprocess_array, curate_array, convert) out to edit or submit by hand.
 """
 
 from __future__ import annotations
@@ -24,15 +26,45 @@ from megatron_llm.errors import UsageError
 
 SETTINGS_START = "# >>> settings"
 SETTINGS_END = "# <<< settings"
-REQUEUE_EXIT_CODE = 75  # the engine's "checkpoint saved, requeue me" (training.faults.REQUEUE_EXIT_CODE)
+REQUEUE_EXIT_CODE = 75  # the engine's "checkpoint saved, requeue me" (training.errors.REQUEUE_EXIT_CODE)
+
+
+def template_names() -> list[str]:
+    """The sbatch templates shipped inside the package, sorted."""
+    folder = resources.files("megatron_llm.launch").joinpath("templates")
+    entries = folder.iterdir() if folder.is_dir() else []
+    names = sorted(entry.name for entry in entries if entry.name.endswith(".sbatch"))
+    if not names:
+        raise UsageError("this installation of megatron-llm has no sbatch templates (megatron_llm/launch/templates "
+                         "is missing: the package was built without its package data); reinstall it")
+    return names
 
 
 def template_text(name: str) -> str:
     """An sbatch template shipped inside the package (`megatron_llm/launch/templates/NAME`)."""
     resource = resources.files("megatron_llm.launch").joinpath("templates", name)
-    if not resource.is_file():
-        raise UsageError(f"no sbatch template named {name!r} in megatron_llm/launch/templates")
+    if "/" in name or not resource.is_file():
+        raise UsageError(f"no sbatch template named {name!r}; the packaged ones are: {', '.join(template_names())}")
     return resource.read_text()
+
+
+def template(name: str | None, output: Path | None) -> int:
+    """Print the packaged templates' names, or one template (to stdout or, executable, to `output`)."""
+    if name is None:
+        print("\n".join(template_names()))
+        return 0
+    text = template_text(name)
+    if output is None:
+        print(text, end="")
+        return 0
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a directory; give the file to write, e.g. {output / name}")
+    try:
+        output.write_text(text)
+    except OSError as error:
+        raise UsageError(f"--output {output}: cannot write: {error.strerror}") from None
+    output.chmod(0o755)
+    return 0
 
 
 def default_launcher() -> str:
@@ -235,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--dry-run", action="store_true", help="print the rendered script instead of submitting")
     show = commands.add_parser("status", help="the job, its restarts and the last metrics line")
     show.add_argument("run_dir", type=Path)
+    copy = commands.add_parser("template", help="print or write a packaged sbatch template (list them without NAME)")
+    copy.add_argument("name", nargs="?", metavar="NAME", help="e.g. preprocess_array.sbatch")
+    copy.add_argument("-o", "--output", type=Path, help="write it to this file (default: print it)")
     return parser
 
 
@@ -242,4 +277,6 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "submit":
         return submit(args)
+    if args.command == "template":
+        return template(args.name, args.output)
     return status(args.run_dir)

@@ -130,8 +130,12 @@ def stage_parameters(
     pipeline: int = 1,
     virtual: int | None = None,
     vocab_size: int | None = None,
+    ranges: list[list[tuple[int, int]]] | None = None,
 ) -> list[StageParameters]:
     """Per pipeline rank: its chunks' tensors, and where the embedding and output layer live.
+
+    `ranges[rank]` overrides the even split with each chunk's [start, end) layers (uneven first/last
+    stages; `megatron_llm.planning.stages` computes them as megatron-core does).
 
     The embedding is on the first stage (its first chunk), the output layer and final norm on the last
     stage (its last chunk). With tied embeddings and more than one stage, the last stage holds its own
@@ -143,11 +147,11 @@ def stage_parameters(
     vpp = virtual if (virtual or 1) > 1 else None
     stages = []
     for rank in range(pipeline):
-        ranges = layer_ranges(model.num_layers, pipeline, vpp, rank)
+        rank_ranges = ranges[rank] if ranges is not None else layer_ranges(model.num_layers, pipeline, vpp, rank)
         chunks = []
-        for index, (start, end) in enumerate(ranges):
+        for index, (start, end) in enumerate(rank_ranges):
             first = rank == 0 and index == 0
-            last = rank == pipeline - 1 and index == len(ranges) - 1
+            last = rank == pipeline - 1 and index == len(rank_ranges) - 1
             tensors = []
             if first:
                 shared = model.tie_embeddings and pipeline > 1
@@ -162,7 +166,7 @@ def stage_parameters(
         stages.append(
             StageParameters(
                 pipeline_rank=rank,
-                layers=tuple(ranges),
+                layers=tuple(rank_ranges),
                 has_embedding=rank == 0,
                 has_output_layer=rank == pipeline - 1,
                 tied_embedding_copy=model.tie_embeddings and pipeline > 1 and rank == pipeline - 1,

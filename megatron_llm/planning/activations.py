@@ -8,10 +8,15 @@ TP size t, and h-sized tensors split t ways only under sequence parallelism (div
     flash-attention log-sum-exp: 4·T·heads/t               MLP norm input + fc1 input: 2·a·T·h/sp
     SwiGLU input (fc1 output): a·T·2f/t                     fc2 input: a·T·f/t
 
+Under FP8 with Transformer Engine the four GEMM inputs (QKV, attention projection, fc1, fc2) are kept as
+their 1-byte FP8 casts for the weight gradients instead of 16-bit copies (the projection's input is still
+kept in 16 bits as flash attention's output).
 Without flash attention (megatron-core's local spec, the CPU path) the softmax output of
 heads/t x s x s per sequence is kept too. Selective recompute (megatron-core recomputes core attention)
 drops the s x s tensors and the log-sum-exp; full recompute keeps only each recompute unit's input
-(`recompute_num_layers` layers) and rebuilds one unit's activations at a time in the backward pass.
+(`recompute_num_layers` layers) and rebuilds one unit's activations at a time in the backward pass. The
+`block` method recomputes only the first `recompute_num_layers` layers of each model chunk, one layer per
+unit, and keeps everything for the others.
 
 Pipeline schedules keep several micro-batches in flight: with 1F1B, stage r holds min(m, p - r); with
 the interleaved schedule, stage r holds min(m·v, 2(p - r - 1) + (v - 1)p + 1) chunk-micro-batches of
@@ -38,8 +43,10 @@ class ActivationShape:
     sequence_parallel: bool = False
     recompute: str = "none"
     recompute_num_layers: int = 1
+    recompute_method: str = "uniform"
     bytes_per_element: int = 2
     flash_attention: bool = True
+    fp8_gemm_inputs: bool = False
 
     @property
     def tokens(self) -> int:
@@ -56,9 +63,10 @@ def layer_bytes(model: ModelConfig, shape: ActivationShape, recompute: str = "no
     kv = model.query_groups * model.head_dim
     if recompute == "full":
         return a * tokens * h // sp
-    hidden = 4 * a * tokens * h // sp + 2 * FP32 * tokens // sp
-    attention = a * tokens * (2 * q + 2 * kv) // t
-    mlp = a * tokens * 3 * f // t
+    g = 1 if shape.fp8_gemm_inputs else a
+    hidden = (2 * a + 2 * g) * tokens * h // sp + 2 * FP32 * tokens // sp
+    attention = a * tokens * (2 * q + 2 * kv) // t + (g * tokens * q // t if shape.fp8_gemm_inputs else 0)
+    mlp = (2 * a + g) * tokens * f // t
     masks = 2 * tokens * h // sp if model.hidden_dropout > 0 else 0
     if recompute == "selective":
         core = 0
@@ -90,12 +98,24 @@ def rank_activation_bytes(
     virtual: int | None,
     pipeline_rank: int,
     num_microbatches: int,
+    rank_layers: int | None = None,
 ) -> int:
-    """Peak activation bytes on one pipeline rank: in-flight layers plus one recompute unit."""
+    """Peak activation bytes on one pipeline rank: in-flight layers plus one recompute unit.
+
+    `rank_layers` is the rank's transformer layers under an uneven split (default: the even share);
+    its chunks then count as rank_layers / VPP layers each.
+    """
     vpp = virtual if (virtual or 1) > 1 else None
-    layers_per_chunk = model.num_layers // (pipeline * (vpp or 1))
+    if rank_layers is None:
+        rank_layers = model.num_layers // pipeline
+    layers_per_chunk = -(-rank_layers // (vpp or 1))
     chunks = in_flight(num_microbatches, pipeline, vpp, pipeline_rank)
-    if shape.recompute == "full":
+    if shape.recompute == "full" and shape.recompute_method == "block":
+        recomputed = min(shape.recompute_num_layers, layers_per_chunk)
+        kept = layers_per_chunk - recomputed
+        per_chunk = recomputed * layer_bytes(model, shape, "full") + kept * layer_bytes(model, shape, "none")
+        total = chunks * per_chunk + (layer_bytes(model, shape, "none") if recomputed else 0)
+    elif shape.recompute == "full":
         unit = max(1, min(shape.recompute_num_layers, layers_per_chunk))
         units = -(-layers_per_chunk // unit)
         total = chunks * units * layer_bytes(model, shape, "full") + unit * layer_bytes(model, shape, "none")

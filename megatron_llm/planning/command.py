@@ -14,6 +14,7 @@ from megatron_llm.config.loader import load_config
 from megatron_llm.config.schema import Config
 from megatron_llm.config.validation import DTYPES, RECOMPUTE
 from megatron_llm.errors import UsageError
+from megatron_llm.planning.cost import TimingOptions
 from megatron_llm.planning.document import PlanRequest, build_plan
 from megatron_llm.planning.gpus import PRECISIONS, gpu_names, lookup_gpu
 from megatron_llm.planning.report import render
@@ -34,16 +35,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu", default="h100", help=f"GPU type (default h100): {', '.join(gpu_names())}")
     parser.add_argument("--gpu-memory-gib", type=float, help="override the GPU's memory (GiB)")
     parser.add_argument("--peak-tflops", type=float, help="override the GPU's dense peak TFLOP/s")
-    parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node; TP stays inside (default 8)")
+    parser.add_argument("--gpus-per-node", type=int, help="GPUs per node sharing its network (default 8)")
+    parser.add_argument("--network-gbps", type=float,
+                        help="network bandwidth per node in Gb/s (default: the GPU's reference node, e.g. 3200 = "
+                        "8 x 400 Gb/s InfiniBand for DGX H100)")
+    parser.add_argument("--tp-comm-overlap", action="store_true",
+                        help="model TP communication overlapped with GEMMs (Transformer Engine userbuffers)")
+    parser.add_argument("--grad-reduce-dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="gradient buffer and reduction dtype (default fp32, what `train` does; bf16 models "
+                        "megatron-core's grad_reduce_in_fp32=False, as NVIDIA's performance recipes run)")
     parser.add_argument("--precision", help=f"override precision: {', '.join(PRECISIONS)}")
-    parser.add_argument("--mfu", type=float, default=0.40, help="model FLOPs utilisation to assume (default 0.40)")
+    parser.add_argument("--mfu", type=float,
+                        help="a measured model FLOPs utilisation for the kernels, instead of the step-time "
+                        "model's (bubble, communication, recompute and optimizer are still modelled)")
     parser.add_argument("--price-per-gpu-hour", type=float, help="USD per GPU-hour, for the cost")
     parser.add_argument("--seq-length", type=int, help="override data.seq_length")
     parser.add_argument("--global-batch-tokens", help="global batch in tokens, e.g. 4M (= 4x2^20 when that is a "
                         "whole number of sequences)")
     parser.add_argument("--top", type=int, default=10, help="layouts to list in each table (default 10)")
     parser.add_argument("--explain", action="store_true",
-                        help="for each rejected layout, the single change that makes it fit")
+                        help="the predicted step time of each listed layout part by part, and for each rejected "
+                        "layout the single change that makes it fit")
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON document")
     return parser
 
@@ -81,9 +93,9 @@ def _check(config: Config, args: argparse.Namespace) -> None:
         raise UsageError("model.vocab_size is not set: plan needs it (--set model.vocab_size=N)")
     if args.gpus < 1:
         raise UsageError(f"--gpus must be at least 1, got {args.gpus}")
-    if args.gpus_per_node < 1:
+    if args.gpus_per_node is not None and args.gpus_per_node < 1:
         raise UsageError(f"--gpus-per-node must be at least 1, got {args.gpus_per_node}")
-    if not 0 < args.mfu <= 1:
+    if args.mfu is not None and not 0 < args.mfu <= 1:
         raise UsageError(f"--mfu must be in (0, 1], got {args.mfu}")
     if args.price_per_gpu_hour is not None and args.price_per_gpu_hour < 0:
         raise UsageError(f"--price-per-gpu-hour must not be negative, got {args.price_per_gpu_hour}")
@@ -107,16 +119,16 @@ def make_plan(argv: list[str]) -> tuple[dict, bool]:
     args = build_parser().parse_args(argv)
     config = _apply_flags(load_config(args.config, args.overrides), args)
     _check(config, args)
-    gpu = lookup_gpu(args.gpu, args.gpu_memory_gib, args.peak_tflops)
+    gpu = lookup_gpu(args.gpu, args.gpu_memory_gib, args.peak_tflops, args.network_gbps, args.gpus_per_node)
     request = PlanRequest(
         config=config,
         config_path=args.config,
         gpus=args.gpus,
         gpu=gpu,
-        mfu=args.mfu,
+        timing=TimingOptions(mfu=args.mfu, tp_comm_overlap=args.tp_comm_overlap,
+                             grad_reduce_bytes=4 if args.grad_reduce_dtype == "fp32" else 2),
         tokens=_tokens(config, args.tokens),
         price_per_gpu_hour=args.price_per_gpu_hour,
-        gpus_per_node=args.gpus_per_node,
         top=args.top,
         explain=args.explain,
     )

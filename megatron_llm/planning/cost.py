@@ -1,13 +1,9 @@
-"""Step time, days and dollars of a run from FLOPs, peak FLOP/s and an assumed MFU.
+"""Step time, days and dollars of a run: the step-time model (`perf_model.py`) applied to a config.
 
-`--mfu` is the model-FLOPs utilisation the compute itself reaches (what a layout without pipeline
-bubble or recompute would log). A layout then loses to:
-
-- its pipeline bubble: (p - 1) / (m·v) extra time for p stages, m micro-batches, v virtual stages;
-- activation recompute: the GPU also runs the recomputed forward passes, which MFU does not credit,
-  so MFU drops by model FLOPs / hardware FLOPs.
-
-Communication time is not modelled beyond what the MFU you give already includes.
+The step time is predicted from the layout (compute at achievable GEMM throughput, attention, pipeline
+bubble, exposed TP/CP/PP/DP communication, recompute, optimizer); MFU is an output. `--mfu` replaces the
+kernels' modelled throughput with a measured one (the layer's model FLOPs at that fraction of peak) while
+the bubble, communication, recompute and optimizer are still modelled.
 """
 
 from __future__ import annotations
@@ -18,8 +14,21 @@ from dataclasses import asdict, dataclass
 from megatron_llm.config.schema import Config
 from megatron_llm.model.flops import flops_per_token
 from megatron_llm.planning.gpus import GPU
+from megatron_llm.planning.perf_model import Workload, step_time
+from megatron_llm.planning.stages import PipelineSplit
 
 SECONDS_PER_DAY = 86400.0
+BREAKDOWN = ("compute", "recompute", "bubble", "tp_comm", "cp_comm", "pp_comm", "dp_comm", "optimizer")
+
+
+@dataclass(frozen=True)
+class TimingOptions:
+    """What the config does not say about the run: a measured MFU, TP communication overlap, and the
+    gradient reduction dtype (4: fp32 as this engine reduces; 2: megatron-core's grad_reduce_in_fp32=False)."""
+
+    mfu: float | None = None
+    tp_comm_overlap: bool = False
+    grad_reduce_bytes: int = 4
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,9 @@ class Timing:
     bubble: float
     mfu: float
     step_seconds: float
+    tflops_per_gpu: float
+    tokens_per_second_per_gpu: float
+    breakdown: dict
 
 
 @dataclass(frozen=True)
@@ -51,25 +63,51 @@ def pipeline_bubble(pipeline: int, virtual: int | None, num_microbatches: int) -
     return (pipeline - 1) / (num_microbatches * (virtual or 1))
 
 
-def layout_timing(config: Config, world_size: int, gpu: GPU, mfu: float) -> Timing:
-    """Expected step time of the config's layout at `mfu` (see the module docstring)."""
+def workload(config: Config, world_size: int, gpu: GPU, options: TimingOptions, split: PipelineSplit) -> Workload:
+    """The step-time model's view of a config's layout (the engine reduces gradients in fp32 for bf16/fp16)."""
     m, p, s = config.model, config.parallel, config.schedule
-    seq = config.data.seq_length
-    per_token = flops_per_token(m, seq, p.tensor)
-    tokens = s.global_batch_size * seq
-    dp = world_size // (p.tensor * p.pipeline * p.context)
-    microbatches = s.global_batch_size // (s.micro_batch_size * dp)
-    bubble = pipeline_bubble(p.pipeline, p.virtual_pipeline, microbatches)
-    effective = mfu * per_token.model / per_token.hardware / (1 + bubble)
-    model_flops = per_token.model * tokens
-    peak = gpu.peak_flops(training_precision(config))
+    return Workload(
+        model=m,
+        seq_length=config.data.seq_length,
+        global_batch=s.global_batch_size,
+        micro_batch=s.micro_batch_size,
+        tensor=p.tensor,
+        pipeline=p.pipeline,
+        virtual=p.virtual_pipeline,
+        context=p.context,
+        data=world_size // (p.tensor * p.pipeline * p.context),
+        precision=training_precision(config),
+        gpu=gpu,
+        split=split,
+        recompute=m.recompute,
+        recompute_layers=m.recompute_num_layers if m.recompute == "full" and m.recompute_method == "block" else None,
+        distributed_optimizer=p.distributed_optimizer,
+        tp_comm_overlap=options.tp_comm_overlap,
+        overlap_grad_reduce=p.overlap_grad_reduce,
+        overlap_param_gather=p.overlap_param_gather is not False and p.distributed_optimizer,  # null: on (GPU)
+        grad_reduce_bytes=options.grad_reduce_bytes,
+        mfu=options.mfu,
+    )
+
+
+def layout_timing(
+    config: Config, world_size: int, gpu: GPU, options: TimingOptions, split: PipelineSplit
+) -> Timing:
+    """Predicted step time of the config's layout and its parts."""
+    w = workload(config, world_size, gpu, options, split)
+    predicted = step_time(w)
+    per_token = flops_per_token(config.model, w.seq_length, w.tensor)
+    tokens = w.global_batch * w.seq_length
     return Timing(
-        model_flops_per_step=model_flops,
+        model_flops_per_step=per_token.model * tokens,
         hardware_flops_per_step=per_token.hardware * tokens,
-        num_microbatches=microbatches,
-        bubble=bubble,
-        mfu=effective,
-        step_seconds=model_flops / (world_size * peak * effective),
+        num_microbatches=predicted.num_microbatches,
+        bubble=predicted.bubble_fraction,
+        mfu=predicted.mfu,
+        step_seconds=predicted.total,
+        tflops_per_gpu=predicted.tflops_per_gpu,
+        tokens_per_second_per_gpu=tokens / predicted.total / world_size,
+        breakdown={name: getattr(predicted, name) for name in BREAKDOWN},
     )
 
 

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 
 from megatron_llm.config.schema import Config
 from megatron_llm.model.flops import flops_per_token
-from megatron_llm.model.params import count_parameters, stage_parameters
-from megatron_llm.planning.cost import run_cost, training_precision
+from megatron_llm.model.params import count_parameters
+from megatron_llm.planning import calibration
+from megatron_llm.planning.cost import TimingOptions, run_cost, training_precision
 from megatron_llm.planning.gpus import GPU
 from megatron_llm.planning.layouts import Candidate, evaluate, explain, search
-from megatron_llm.planning.memory import USABLE_FRACTION, usable_bytes
+from megatron_llm.planning.memory import USABLE_FRACTION, stages_of, usable_bytes
+from megatron_llm.planning.stages import PipelineSplit
 
 FLOPS_FORMULA = (
     "per token: 6 x N + 6 x layers x q x seq, where N = layers x (h(q + 2kv) + q h + 3 h ffn) + h V "
@@ -28,10 +30,9 @@ class PlanRequest:
     config_path: str | None
     gpus: int
     gpu: GPU
-    mfu: float
+    timing: TimingOptions
     tokens: int
     price_per_gpu_hour: float | None
-    gpus_per_node: int = 8
     top: int = 10
     explain: bool = False
 
@@ -73,8 +74,7 @@ def _flops(config: Config, request: PlanRequest) -> dict:
     }
 
 
-def _stages(config: Config, layout_config: Config) -> list[dict]:
-    p = layout_config.parallel
+def _stages(layout_config: Config, split: PipelineSplit) -> list[dict]:
     return [
         {
             "pipeline_rank": stage.pipeline_rank,
@@ -84,7 +84,7 @@ def _stages(config: Config, layout_config: Config) -> list[dict]:
             "tied_embedding_copy": stage.tied_embedding_copy,
             "params_per_tensor_rank": stage.numel,
         }
-        for stage in stage_parameters(config.model, p.tensor, p.pipeline, p.virtual_pipeline)
+        for stage in stages_of(layout_config, split)
     ]
 
 
@@ -111,29 +111,31 @@ def build_plan(request: PlanRequest) -> dict:
     """Everything `plan` reports, as plain data."""
     config, gpus = request.config, request.gpus
     precision = training_precision(config)
-    candidates = search(config, gpus, request.gpu, request.mfu, request.gpus_per_node)
+    candidates = search(config, gpus, request.gpu, request.timing)
     feasible = [c for c in candidates if c.fits]
     rejected = [c for c in candidates if not c.fits]
-    configured = evaluate(config, gpus, request.gpu, request.mfu, request.gpus_per_node)
+    configured = evaluate(config, gpus, request.gpu, request.timing)
     configured_entry = _with_cost(configured, config, request)
     if configured.timing is not None:
-        configured_entry["stages"] = _stages(config, config)
+        configured_entry["stages"] = _stages(config, configured.layout.split)
     best = [_with_cost(c, config, request) for c in feasible[: request.top]]
     if feasible:
-        best[0]["stages"] = _stages(config, feasible[0].layout.apply(config))
+        best[0]["stages"] = _stages(feasible[0].layout.apply(config), feasible[0].layout.split)
+        best[0]["parallel_fields"] = feasible[0].layout.parallel_fields()
     shown_rejected = []
     for candidate in rejected[: request.top]:
         entry = _with_cost(candidate, config, request)
         if request.explain:
-            fix = explain(candidate, config, gpus, request.gpu, request.mfu, request.gpus_per_node)
+            fix = explain(candidate, config, gpus, request.gpu, request.timing)
             entry["fix"] = {"change": fix[0], **_with_cost(fix[1], config, request)} if fix else None
         shown_rejected.append(entry)
     s = config.schedule
     return {
+        "explain": request.explain,
         "inputs": {
             "config": request.config_path,
             "gpus": gpus,
-            "gpus_per_node": request.gpus_per_node,
+            "gpus_per_node": request.gpu.gpus_per_node,
             "gpu": {
                 "name": request.gpu.name,
                 "description": request.gpu.description,
@@ -141,9 +143,22 @@ def build_plan(request: PlanRequest) -> dict:
                 "usable_bytes": usable_bytes(request.gpu),
                 "usable_fraction": USABLE_FRACTION,
                 "peak_flops": request.gpu.peak_flops(precision),
+                "hbm_gbps": request.gpu.hbm_gbps,
+                "intra_node_gbps": request.gpu.intra_node_gbps,
+                "network_gbps_per_node": request.gpu.network_gbps_per_node,
             },
             "precision": precision,
-            "mfu": request.mfu,
+            "mfu": request.timing.mfu,
+            "tp_comm_overlap": request.timing.tp_comm_overlap,
+            "grad_reduce_bytes": request.timing.grad_reduce_bytes,
+            "calibration": {
+                "gemm_efficiency": dict(calibration.GEMM_EFFICIENCY),
+                "attention_efficiency": calibration.ATTENTION_EFFICIENCY,
+                "memory_efficiency": calibration.MEMORY_EFFICIENCY,
+                "nvlink_efficiency": calibration.NVLINK_EFFICIENCY,
+                "network_efficiency": calibration.NETWORK_EFFICIENCY,
+                "overlap_efficiency": calibration.OVERLAP_EFFICIENCY,
+            },
             "price_per_gpu_hour": request.price_per_gpu_hour,
             "tokens": request.tokens,
             "seq_length": config.data.seq_length,

@@ -4,10 +4,12 @@ Static memory follows what megatron-core allocates for the engine's settings (tr
 
 - weights: the parameters in the training dtype; with the distributed optimizer they live in DDP's
   padded parameter buffer.
-- gradients: DDP's gradient buffer, fp32 (`grad_reduce_in_fp32` whenever the dtype is bf16/fp16).
+- gradients: DDP's gradient buffer, fp32 (`grad_reduce_in_fp32` whenever the dtype is bf16/fp16; `plan
+  --grad-reduce-dtype bf16` models megatron-core's grad_reduce_in_fp32=False, 2 bytes).
 - optimizer: Adam's exp_avg and exp_avg_sq in fp32 (8 bytes) plus, for bf16/fp16 weights, an fp32
   master copy (4 bytes), plus AdamW's per-tensor `step`; the distributed optimizer keeps these only
-  for this DP rank's slice of each bucket.
+  for this rank's slice of each bucket. Buffers are padded for, and state sharded over, the DP x CP group
+  (megatron-core's DDP uses the data-parallel group with context parallelism).
 
 Activations come from `activations.py`. Buffers are the transient or fixed rest: the output layer's
 logits and cross-entropy (last stage), pipeline send/receive tensors, FP8 weight copies, the
@@ -31,6 +33,7 @@ from megatron_llm.model.vocab import padded_vocab_size
 from megatron_llm.planning.activations import ActivationShape, rank_activation_bytes
 from megatron_llm.planning.buffers import buffer_layout, default_bucket_size
 from megatron_llm.planning.gpus import GIB, GPU, custom_gpu, lookup_gpu
+from megatron_llm.planning.stages import EVEN, PipelineSplit, layer_ranges, split_problem
 
 RUNTIME_RESERVE = 2 * GIB
 USABLE_FRACTION = 0.95
@@ -100,8 +103,26 @@ def _dtype_groups(tensors: Iterable[ParamTensor], dtype_bytes: int, fp32_norms: 
     return groups
 
 
+def split_of(config: Config) -> PipelineSplit:
+    """The config's pipeline split (parallel.account_for_embedding/_loss, first/last_stage_layers when the
+    schema has them; megatron-core's even split otherwise)."""
+    p = config.parallel
+    return PipelineSplit(
+        account_for_embedding=bool(getattr(p, "account_for_embedding", False)),
+        account_for_loss=bool(getattr(p, "account_for_loss", False)),
+        first_stage_layers=getattr(p, "first_stage_layers", None),
+        last_stage_layers=getattr(p, "last_stage_layers", None),
+    )
+
+
 def static_memory(
-    config: Config, world_size: int, pipeline_rank: int = 0, data_parallel_rank: int = 0, gpu: GPU | None = None
+    config: Config,
+    world_size: int,
+    pipeline_rank: int = 0,
+    data_parallel_rank: int = 0,
+    gpu: GPU | None = None,
+    split: PipelineSplit | None = None,
+    grad_bytes: int = FP32,
 ) -> StaticMemory:
     """Weights, gradient buffer and optimizer state of one rank, element for element."""
     p = config.parallel
@@ -111,12 +132,14 @@ def static_memory(
         p.tensor,
         p.pipeline,
         p.virtual_pipeline,
-        data_parallel_size(config, world_size),
+        data_parallel_size(config, world_size) * p.context,
         p.distributed_optimizer,
         p.overlap_grad_reduce,
         pipeline_rank,
         data_parallel_rank,
         _uses_transformer_engine(config, gpu),
+        split if split is not None else split_of(config),
+        grad_bytes,
     )
 
 
@@ -133,9 +156,11 @@ def _static_memory(
     pipeline_rank: int,
     data_parallel_rank: int,
     transformer_engine: bool,
+    split: PipelineSplit = EVEN,
+    grad_bytes: int = FP32,
 ) -> StaticMemory:
     dtype_bytes = DTYPE_BYTES[dtype]
-    stage = _stages(model_fields, tensor, pipeline, virtual)[pipeline_rank]
+    stage = _stages(model_fields, tensor, pipeline, virtual, split)[pipeline_rank]
     weights = gradients = optimizer = elements = 0
     for index, chunk in enumerate(stage.chunks):
         bucketing = overlap_grad_reduce and pipeline_rank == 0 and index == 0
@@ -144,7 +169,7 @@ def _static_memory(
             layout = buffer_layout(tensors, dp, distributed_optimizer, bucket_size)
             unpadded = sum(t.numel for t in tensors)
             weights += (layout.numel if distributed_optimizer else unpadded) * size
-            gradients += layout.numel * FP32
+            gradients += layout.numel * (grad_bytes if size != FP32 else FP32)
             if distributed_optimizer:
                 shard, count = layout.shard_numel(dp, data_parallel_rank)
             else:
@@ -155,14 +180,28 @@ def _static_memory(
     return StaticMemory(weights, gradients, optimizer, elements)
 
 
+_MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+
+
 def _model_key(model: ModelConfig) -> tuple:
     """The model's fields as a hashable tuple (shallow: every field is a scalar)."""
-    return tuple(getattr(model, f.name) for f in dataclasses.fields(model))
+    return tuple(getattr(model, name) for name in _MODEL_FIELDS)
 
 
 @functools.lru_cache(maxsize=1024)
-def _stages(model_fields: tuple, tensor: int, pipeline: int, virtual: int | None) -> list[StageParameters]:
-    return stage_parameters(ModelConfig(*model_fields), tensor, pipeline, virtual)
+def _stages(
+    model_fields: tuple, tensor: int, pipeline: int, virtual: int | None, split: PipelineSplit = EVEN
+) -> list[StageParameters]:
+    model = ModelConfig(*model_fields)
+    ranges = layer_ranges(model.num_layers, pipeline, virtual, split) if split.uneven else None
+    return stage_parameters(model, tensor, pipeline, virtual, ranges=ranges)
+
+
+def stages_of(config: Config, split: PipelineSplit | None = None) -> list[StageParameters]:
+    """What each pipeline rank of the config's layout holds, under its (or the given) split."""
+    p = config.parallel
+    return _stages(_model_key(config.model), p.tensor, p.pipeline, p.virtual_pipeline,
+                   split if split is not None else split_of(config))
 
 
 def data_parallel_size(config: Config, world_size: int) -> int:
@@ -170,10 +209,22 @@ def data_parallel_size(config: Config, world_size: int) -> int:
     return world_size // (p.tensor * p.pipeline * p.context)
 
 
-def check_layout(config: Config, world_size: int) -> None:
+def layout_problems_with_split(config: Config, world_size: int, split: PipelineSplit | None = None) -> list[str]:
+    """The config's divisibility rules, with the layer split checked as megatron-core checks an uneven one."""
+    split = split if split is not None else split_of(config)
+    problems = layout_problems(config, world_size)
+    if not split.uneven:
+        return problems
+    p = config.parallel
+    problems = [problem for problem in problems if not problem.startswith("model.num_layers=")]
+    issue = split_problem(config.model.num_layers, p.pipeline, p.virtual_pipeline, split)
+    return ([issue] if issue else []) + problems
+
+
+def check_layout(config: Config, world_size: int, split: PipelineSplit | None = None) -> None:
     """Raise a UsageError naming the first broken divisibility rule of the configured layout."""
     vocab_size_of(config.model)
-    problems = layout_problems(config, world_size)
+    problems = layout_problems_with_split(config, world_size, split)
     if problems:
         raise UsageError(problems[0])
 
@@ -187,7 +238,12 @@ def _buffers(config: Config, pipeline_rank: int, gpu: GPU | None, shape: Activat
     total = 0
     if pipeline_rank == p.pipeline - 1:
         vocab = padded_vocab_size(vocab_size_of(m), m.make_vocab_size_divisible_by, p.tensor)
-        total += shape.tokens * vocab // p.tensor * (2 * a + FP32)
+        if m.fused_linear_cross_entropy:  # one vocabulary chunk at a time (megatron_llm.kernels)
+            from megatron_llm.kernels.chunking import working_bytes
+
+            total += working_bytes(shape.tokens, vocab // p.tensor, m.hidden_size, a, triton=gpu is not None)
+        else:
+            total += shape.tokens * vocab // p.tensor * (2 * a + FP32)
     if p.pipeline > 1:
         total += 2 * shape.tokens * m.hidden_size // sp * a
     if gpu is None:
@@ -206,14 +262,17 @@ def rank_memory(
     data_parallel_rank: int = 0,
     gpu: GPU | None = None,
     vocab_size: int | None = None,
+    split: PipelineSplit | None = None,
+    grad_bytes: int = FP32,
 ) -> MemoryEstimate:
     """Peak memory of one rank; `gpu` None means this engine on CPU (local spec, no flash attention)."""
     config = with_vocab(config, vocab_size)
-    check_layout(config, world_size)
+    split = split if split is not None else split_of(config)
+    check_layout(config, world_size, split)
     m, p, s = config.model, config.parallel, config.schedule
     dp = data_parallel_size(config, world_size)
     microbatches = s.global_batch_size // (s.micro_batch_size * dp)
-    static = static_memory(config, world_size, pipeline_rank, data_parallel_rank, gpu)
+    static = static_memory(config, world_size, pipeline_rank, data_parallel_rank, gpu, split, grad_bytes)
     shape = ActivationShape(
         seq_length=config.data.seq_length,
         micro_batch=s.micro_batch_size,
@@ -222,11 +281,16 @@ def rank_memory(
         sequence_parallel=p.sequence_parallel,
         recompute=m.recompute,
         recompute_num_layers=m.recompute_num_layers,
+        recompute_method=m.recompute_method,
         bytes_per_element=DTYPE_BYTES[config.precision.dtype],
         flash_attention=_uses_transformer_engine(config, gpu),
+        fp8_gemm_inputs=config.precision.fp8 is not None and _uses_transformer_engine(config, gpu),
     )
-    activations = rank_activation_bytes(m, shape, p.pipeline, p.virtual_pipeline, pipeline_rank, microbatches)
-    local_params = _stages(_model_key(m), p.tensor, p.pipeline, p.virtual_pipeline)[pipeline_rank].numel
+    stage = stages_of(config, split)[pipeline_rank]
+    rank_layers = sum(end - start for start, end in stage.layers)
+    activations = rank_activation_bytes(m, shape, p.pipeline, p.virtual_pipeline, pipeline_rank, microbatches,
+                                        rank_layers)
+    local_params = stage.numel
     buffers = _buffers(config, pipeline_rank, gpu, shape, static.optimizer_elements, local_params)
     return MemoryEstimate(
         weights=static.weights,
@@ -241,19 +305,31 @@ def rank_memory(
 
 
 def estimate_memory(
-    config: Config, world_size: int, gpu: GPU | str | None = None, vocab_size: int | None = None
+    config: Config,
+    world_size: int,
+    gpu: GPU | str | None = None,
+    vocab_size: int | None = None,
+    split: PipelineSplit | None = None,
+    grad_bytes: int = FP32,
 ) -> MemoryEstimate:
     """Peak memory per rank of the configured layout: the most loaded pipeline stage, DP rank 0.
 
     Only the first and last stages can be the most loaded: middle stages hold no embedding or output
-    layer and fewer in-flight micro-batches than the first.
+    layer and fewer in-flight micro-batches than the first. With explicit first/last stage layer counts
+    the middle stages may hold more layers, so the first of them (the most in-flight) is checked too.
 
     `gpu` is a `GPU`, a name from the table (e.g. "h100"), or None for this engine on CPU;
     `vocab_size` the tokenizer's size when `model.vocab_size` is not set.
     """
     device = lookup_gpu(gpu) if isinstance(gpu, str) else gpu
     config = with_vocab(config, vocab_size)
-    ranks = [rank_memory(config, world_size, rank, 0, device) for rank in sorted({0, config.parallel.pipeline - 1})]
+    pipeline = config.parallel.pipeline
+    explicit = (split if split is not None else split_of(config)).explicit
+    candidates = {0, pipeline - 1} | ({1} if explicit and pipeline > 2 else set())
+    ranks = [
+        rank_memory(config, world_size, rank, 0, device, split=split, grad_bytes=grad_bytes)
+        for rank in sorted(candidates)
+    ]
     return max(ranks, key=lambda estimate: estimate.total)
 
 

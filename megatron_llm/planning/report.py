@@ -13,20 +13,31 @@ def _gib(value: float) -> str:
     return f"{value / GIB:.1f}"
 
 
+def _split_label(split: dict) -> str:
+    parts = [name for key, name in (("account_for_embedding", "E"), ("account_for_loss", "L")) if split[key]]
+    parts += [f"{key[:-13]}={split[key]}" for key in ("first_stage_layers", "last_stage_layers")
+              if split[key] is not None]
+    return "+".join(parts)
+
+
 def _layout_cells(layout: dict) -> list[str]:
+    split = _split_label(layout["split"])
     return [
         str(layout["tensor"]),
         str(layout["pipeline"]),
         str(layout["virtual"] or "-"),
+        split or "even",
         str(layout["context"]),
         str(layout["data"]),
         str(layout["micro_batch"]),
-        layout["recompute"],
+        layout.get("recompute_label", layout["recompute"]),
         "on" if layout["distributed_optimizer"] else "off",
     ]
 
 
-LAYOUT_HEAD = ["TP", "PP", "VPP", "CP", "DP", "mb", "recompute", "distopt"]
+LAYOUT_HEAD = ["TP", "PP", "VPP", "split", "CP", "DP", "mb", "recompute", "distopt"]
+BREAKDOWN_HEAD = ["compute", "recompute", "bubble", "TP", "CP", "PP", "DP", "optim", "total s"]
+BREAKDOWN_KEYS = ["compute", "recompute", "bubble", "tp_comm", "cp_comm", "pp_comm", "dp_comm", "optimizer"]
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -44,11 +55,18 @@ def _candidate_row(entry: dict, rank: int | None = None) -> list[str]:
     cells = ([str(rank)] if rank is not None else []) + _layout_cells(entry["layout"])
     cells += [_gib(memory[p]) if memory else "-" for p in PARTS]
     if timing and cost:
-        cells += [f"{timing['mfu']:.3f}", f"{timing['step_seconds']:.2f}", f"{cost['days']:.1f}"]
+        cells += [f"{timing['mfu']:.3f}", f"{timing['tflops_per_gpu']:.0f}", f"{timing['step_seconds']:.2f}",
+                  f"{cost['days']:.1f}"]
         cells.append(_money(cost["dollars"]))
     else:
-        cells += ["-"] * 4
+        cells += ["-"] * 5
     return cells
+
+
+def _breakdown_row(entry: dict, rank: int) -> list[str]:
+    timing = entry["timing"]
+    parts = timing["breakdown"]
+    return [str(rank)] + [f"{parts[key]:.2f}" for key in BREAKDOWN_KEYS] + [f"{timing['step_seconds']:.2f}"]
 
 
 def _parameters(plan: dict) -> list[str]:
@@ -104,7 +122,7 @@ def _memory_line(memory: dict) -> str:
 def _stages(stages: list[dict]) -> list[str]:
     lines = []
     for stage in stages:
-        layers = ", ".join(f"{a}-{b - 1}" for a, b in stage["layers"])
+        layers = ", ".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in stage["layers"] if b > a) or "none"
         extras = [name for key, name in (("has_embedding", "embedding"), ("has_output_layer", "final norm + output"),
                                          ("tied_embedding_copy", "tied-embedding copy")) if stage[key]]
         extra = f" + {', '.join(extras)}" if extras else ""
@@ -128,8 +146,10 @@ def _configured(plan: dict) -> list[str]:
 
 def _label(layout: dict) -> str:
     vpp = f"x{layout['virtual']}" if layout["virtual"] else ""
+    split = _split_label(layout["split"])
+    split = f" split={split}" if split else ""
     return (
-        f"TP{layout['tensor']} PP{layout['pipeline']}{vpp} CP{layout['context']} DP{layout['data']} "
+        f"TP{layout['tensor']} PP{layout['pipeline']}{vpp}{split} CP{layout['context']} DP{layout['data']} "
         f"mb{layout['micro_batch']} recompute={layout['recompute']} "
         f"distopt={'on' if layout['distributed_optimizer'] else 'off'}"
     )
@@ -137,14 +157,19 @@ def _label(layout: dict) -> str:
 
 def _layouts(plan: dict) -> list[str]:
     layouts, inputs = plan["layouts"], plan["inputs"]
-    head = ["#"] + LAYOUT_HEAD + list(PART_HEADS) + ["MFU", "step s", "days", "cost"]
+    head = ["#"] + LAYOUT_HEAD + list(PART_HEADS) + ["MFU", "TFLOP/s", "step s", "days", "cost"]
     lines = [
-        f"Layouts that fit: {layouts['feasible']} of {layouts['evaluated']} evaluated, fastest first "
-        f"(peak memory per GPU at the most loaded stage; fits under {inputs['gpu']['usable_fraction']:.0%} of "
-        f"{_gib(inputs['gpu']['memory_bytes'])} GiB)",
+        f"Layouts that fit: {layouts['feasible']} of {layouts['evaluated']} evaluated, fastest predicted step "
+        f"first (peak memory per GPU at the most loaded stage; fits under {inputs['gpu']['usable_fraction']:.0%} "
+        f"of {_gib(inputs['gpu']['memory_bytes'])} GiB; MFU and TFLOP/s per GPU predicted)",
     ]
     if layouts["best"]:
         lines += _table(head, [_candidate_row(entry, i + 1) for i, entry in enumerate(layouts["best"])])
+        if plan.get("explain"):
+            lines += ["", "Where each listed layout's step time goes (seconds per step; communication is what "
+                      "overlap does not hide):"]
+            lines += _table(["#"] + BREAKDOWN_HEAD,
+                            [_breakdown_row(entry, i + 1) for i, entry in enumerate(layouts["best"])])
     else:
         lines.append("  none: see the rejected layouts below")
     shown = len(layouts["rejected_shown"])
@@ -174,18 +199,21 @@ def _cost(plan: dict) -> list[str]:
     cost, timing = entry["cost"], entry["timing"]
     per_token = plan["flops"]["per_token"]["total"]
     peak = inputs["gpu"]["peak_flops"]
+    parts = timing["breakdown"]
+    shown = ", ".join(f"{name} {parts[key]:.2f}" for name, key in zip(BREAKDOWN_HEAD, BREAKDOWN_KEYS)
+                      if parts[key] > 0)
+    kernels = "kernels at the measured MFU " + f"{inputs['mfu']:.3f}" if inputs["mfu"] else "modelled kernels"
     lines = [
         f"Time and cost of the best layout ({_label(entry['layout'])})",
         f"  steps       = {inputs['tokens']:.4e} tokens / {inputs['global_batch_tokens']:,} tokens per step "
         f"({inputs['global_batch_size']} x {inputs['seq_length']}) = {cost['steps']:,}",
         f"  FLOPs       = {per_token:.4e} x {cost['tokens']:.4e} tokens = {cost['model_flops']:.4e}",
-        f"  MFU         = {inputs['mfu']:.3f} given"
-        + (f", x {timing['mfu'] / inputs['mfu']:.3f} for pipeline bubble / recompute = {timing['mfu']:.3f}"
-           if abs(timing["mfu"] - inputs["mfu"]) > 1e-12 else ""),
-        f"  throughput  = {inputs['gpus']} GPUs x {peak / 1e12:.1f} TFLOP/s x {timing['mfu']:.3f} = "
-        f"{cost['cluster_flops_per_second']:.4e} FLOP/s",
-        f"  step time   = {timing['model_flops_per_step']:.4e} / {cost['cluster_flops_per_second']:.4e} = "
-        f"{timing['step_seconds']:.2f} s",
+        f"  step time   = {shown} = {timing['step_seconds']:.2f} s ({kernels}; {timing['num_microbatches']} "
+        f"micro-batches, bubble {timing['bubble']:.1%})",
+        f"  MFU         = {timing['model_flops_per_step']:.4e} / ({timing['step_seconds']:.2f} s x {inputs['gpus']} "
+        f"GPUs x {peak / 1e12:.1f} TFLOP/s) = {timing['mfu']:.3f} ({timing['tflops_per_gpu']:.0f} TFLOP/s and "
+        f"{timing['tokens_per_second_per_gpu']:,.0f} tokens/s per GPU)",
+        f"  throughput  = {cost['cluster_flops_per_second']:.4e} FLOP/s",
         f"  time        = {cost['model_flops']:.4e} / {cost['cluster_flops_per_second']:.4e} = "
         f"{cost['seconds']:.4e} s = {cost['days']:.1f} days",
         f"  GPU-hours   = {inputs['gpus']} x {cost['seconds'] / 3600:,.1f} h = {cost['gpu_hours']:,.0f}",
@@ -197,6 +225,10 @@ def _cost(plan: dict) -> list[str]:
         )
     else:
         lines.append("  cost        = give --price-per-gpu-hour for dollars")
+    fields = entry.get("parallel_fields") or {}
+    if fields:
+        settings = ", ".join(f"parallel.{key}={value}" for key, value in fields.items())
+        lines.append(f"  layer split: {settings} (megatron-core's uneven pipeline stages)")
     lines.append("  per-rank parameters of this layout:")
     lines += _stages(entry.get("stages", []))
     lines.append(
@@ -211,7 +243,9 @@ def render(plan: dict) -> str:
     title = (
         f"megatron-llm plan: {inputs['config'] or 'built-in defaults'} on {inputs['gpus']} x {gpu['description']} "
         f"({inputs['precision']}, {gpu['peak_flops'] / 1e12:.1f} TFLOP/s peak, {_gib(gpu['memory_bytes'])} GiB), "
-        f"{inputs['tokens']:.4e} tokens, MFU {inputs['mfu']:.2f}"
+        f"{inputs['tokens']:.4e} tokens, "
+        + (f"kernels at measured MFU {inputs['mfu']:.2f}" if inputs["mfu"] else "step time modelled")
+        + (", TP communication overlapped" if inputs["tp_comm_overlap"] else "")
     )
     sections = [[title], _parameters(plan), _flops(plan), _configured(plan), _layouts(plan), _cost(plan)]
     return "\n\n".join("\n".join(section) for section in sections if section) + "\n"

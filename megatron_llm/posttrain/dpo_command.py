@@ -54,59 +54,8 @@ def main(argv: list[str]) -> int:
     _check_batches(config)
     data = run.prepare_data(args, config, build_pair_datasets, "preference pair")
 
-    import torch
+    from megatron_llm.posttrain.dpo_task import DPOTask
 
-    from megatron_llm.posttrain.dpo_loss import DPOForwardStep, DPOMetricsHook
-    from megatron_llm.runtime.distributed import destroy_distributed
-    from megatron_llm.training.loop import setup, train
-    from megatron_llm.training.metrics import MetricsWriter
-
-    run_dir = Path(args.run_dir)
-    trainer = setup(config, run_dir)
-    rank0 = torch.distributed.get_rank() == 0
-    try:
-        reference = reference_table(trainer, args, [data.train, data.valid])
-        if data.default_template:
-            run.store_default_template(config, run_dir, write=rank0)
-        torch.distributed.barrier()
-        trainer.train_data = data.train
-        trainer.valid_data = data.valid
-        step_func = DPOForwardStep(args.beta, reference)
-        trainer.forward_step_func = step_func
-        run.report_data(data.reports, run_dir, rank0)
-        if rank0:
-            print(f"dpo: {len(data.train) // 2} pairs, beta {args.beta}, {config.schedule.train_iters} steps",
-                  flush=True)
-        writer = MetricsWriter(run_dir, rank0, config.logging.tensorboard)
-        train(trainer, [DPOMetricsHook(step_func, writer, config.logging.log_interval)])
-    finally:
-        destroy_distributed()
-    return trainer.state.exit_code
-
-
-def reference_table(trainer: object, args: argparse.Namespace, datasets: list) -> dict:
-    """Reference log-probabilities of every sequence; leaves the policy's weights in the model.
-
-    `setup` already resumed the run's own checkpoint if it has one. The reference weights are loaded,
-    every sequence scored, then the policy's weights restored: the resumed checkpoint, or `--init`.
-    """
-    from megatron_llm.posttrain.dpo_loss import reference_logprobs
-    from megatron_llm.training.checkpoint.hooks import resume
-    from megatron_llm.training.checkpoint.save_load import load_model_weights
-
-    config = trainer.config
-    resumed = trainer.state.step > 0
-    reference_path = Path(args.ref or args.init)
-    load_model_weights(trainer.model, reference_path)
-    table: dict = {}
-    for dataset in datasets:
-        if dataset is not None:
-            table.update(reference_logprobs(trainer.model, dataset, config.data.seq_length,
-                                            config.schedule.micro_batch_size))
-    if resumed:
-        resume(trainer)
-    else:
-        if args.ref and args.init and Path(args.init) != reference_path:
-            load_model_weights(trainer.model, Path(args.init))
-        trainer.optimizer.reload_model_params()
-    return table
+    init = Path(args.init) if args.init else None
+    task = DPOTask(data, args.beta, Path(args.ref) if args.ref else init, init)
+    return run.run_task(config, Path(args.run_dir), task, args.init)

@@ -1,5 +1,5 @@
 """What `sft` and `dpo` share: arguments, the config taken from the initial checkpoint, the tokenizer and
-its chat template, and a pre-training Trainer whose datasets and weights are replaced."""
+its chat template, the data preparation, and running their Task on the Trainer."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -56,9 +57,6 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if not config.data.tokenizer:
         raise UsageError("data.tokenizer: post-training needs a tokenizer (set data.tokenizer or --init a "
                          "checkpoint that names one)")
-    # The pre-training datasets `setup` builds are replaced by the chat data: keep them synthetic (lazy, free).
-    config.data.paths = []
-    config.data.synthetic = True
     return config
 
 
@@ -160,7 +158,7 @@ def prepare_data(
 
     platform = detect_platform()
     world_size = process_info().world_size
-    validate(_sized_placeholder(config), world_size, platform)
+    validate(_sized_placeholder(config), world_size, platform, reads_data_paths=False)
     if check_platform is not None:
         check_platform(config, platform)
     tokenizer = load_tokenizer(config.data.tokenizer)
@@ -173,7 +171,7 @@ def prepare_data(
     if valid_set is None:
         config.schedule.eval_interval = None
         config.schedule.eval_iters = 0
-    validate(config, world_size, platform)
+    validate(config, world_size, platform, reads_data_paths=False)
     return PreparedData(train_set, valid_set, reports, default_template)
 
 
@@ -186,15 +184,18 @@ def _sized_placeholder(config: Config) -> Config:
     return dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, train_iters=steps))
 
 
-def start_trainer(config: Config, run_dir: Path, init: str | None):
-    """The pre-training Trainer: resumed from the run's own latest checkpoint, else with `init`'s weights.
+def run_task(config: Config, run_dir: Path, task: object, init: str | None) -> int:
+    """Train `task`: resumed from the run's own latest checkpoint, else from `init`'s weights. Returns the
+    exit code."""
+    from megatron_llm.runtime.distributed import destroy_distributed
+    from megatron_llm.training.exit_codes import BAD_STEPS_EXIT_CODE, TrainingAborted
+    from megatron_llm.training.setup import build_trainer
 
-    After a weights-only load the optimizer's main parameters are refreshed from the model's (they were
-    copied when the optimizer was built, before the weights arrived).
-    """
-    from megatron_llm.training.loop import setup
-
-    trainer = setup(config, run_dir, Path(init) if init else None, finetune=True)
-    if trainer.state.step == 0:
-        trainer.optimizer.reload_model_params()
-    return trainer
+    try:
+        trainer = build_trainer(config, run_dir, task, resume_from=Path(init) if init else None, finetune=True)
+        return trainer.fit().exit_code
+    except TrainingAborted as exc:
+        print(f"megatron-llm {task.name}: {exc}", file=sys.stderr, flush=True)
+        return BAD_STEPS_EXIT_CODE
+    finally:
+        destroy_distributed()

@@ -49,25 +49,6 @@ def main(argv: list[str]) -> int:
     check = _check_packing if args.packing == "pack" else None
     data = run.prepare_data(args, config, build_sft_datasets, "conversation", check)
 
-    import torch
+    from megatron_llm.posttrain.sft_task import SFTTask
 
-    from megatron_llm.runtime.distributed import destroy_distributed
-    from megatron_llm.training.loop import train
-
-    run_dir = Path(args.run_dir)
-    trainer = run.start_trainer(config, run_dir, args.init)
-    rank0 = torch.distributed.get_rank() == 0
-    try:
-        if data.default_template:
-            run.store_default_template(config, run_dir, write=rank0)
-        torch.distributed.barrier()
-        trainer.train_data = data.train
-        trainer.valid_data = data.valid
-        run.report_data(data.reports, run_dir, rank0)
-        if rank0:
-            print(f"sft: {data.train.num_conversations} conversations in {len(data.train)} samples "
-                  f"({args.packing}), {config.schedule.train_iters} steps", flush=True)
-        train(trainer)
-    finally:
-        destroy_distributed()
-    return int(getattr(trainer.state, "exit_code", 0) or 0)
+    return run.run_task(config, Path(args.run_dir), SFTTask(data, args.packing), args.init)

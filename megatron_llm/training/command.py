@@ -8,7 +8,7 @@ from pathlib import Path
 
 from megatron_llm.config.loader import load_config
 from megatron_llm.config.validation import validate
-from megatron_llm.errors import UsageError
+from megatron_llm.errors import USAGE_EXIT_CODE, UsageError
 from megatron_llm.runtime.distributed import process_info
 from megatron_llm.runtime.platform import detect_platform
 
@@ -20,8 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a config field, e.g. --set parallel.tensor=2 (repeatable)")
     parser.add_argument("--run-dir", default="runs/default", help="where config, metrics, TensorBoard and "
                         "checkpoints go (default: runs/default); an existing run resumes from its latest checkpoint")
-    parser.add_argument("--resume-from", type=Path, metavar="PATH",
-                        help="a checkpoint root or iter_* directory to start from (any parallel layout)")
+    parser.add_argument("--stage", metavar="FILE", help="with --from: a YAML stage (name, steps, paths, "
+                        "lr_schedule, lr, min_lr, warmup_iters) to train from that checkpoint on, e.g. an anneal")
+    parser.add_argument("--resume-from", "--from", dest="resume_from", metavar="PATH",
+                        help="a checkpoint root or iter_* directory to start from (any parallel layout); "
+                        "s3://bucket/prefix or gs://... is downloaded first")
     parser.add_argument("--finetune", action="store_true",
                         help="with --resume-from: load the weights only; step, optimizer and data restart")
     return parser
@@ -31,17 +34,25 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.finetune and args.resume_from is None:
         raise UsageError("--finetune needs --resume-from PATH (the checkpoint whose weights to start from)")
-    config = load_config(args.config, args.overrides)
-    world_size = process_info().world_size
-    validate(config, world_size, detect_platform())
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.stage:
+            from megatron_llm.training.staged_run import add_stage_from_checkpoint
+
+            config = add_stage_from_checkpoint(config, args, Path(args.stage))
+        validate(config, process_info().world_size, detect_platform())
+    except UsageError:
+        if process_info().rank != 0:  # under torchrun/srun every rank finds the same error: one prints it
+            return USAGE_EXIT_CODE
+        raise
 
     from megatron_llm.runtime.distributed import destroy_distributed
-    from megatron_llm.training.faults import BAD_STEPS_EXIT_CODE, TrainingAborted
-    from megatron_llm.training.loop import setup, train
+    from megatron_llm.training.exit_codes import BAD_STEPS_EXIT_CODE, TrainingAborted
+    from megatron_llm.training.setup import build_trainer
 
     try:
-        trainer = setup(config, Path(args.run_dir), args.resume_from, args.finetune)
-        state = train(trainer)
+        trainer = build_trainer(config, Path(args.run_dir), resume_from=args.resume_from, finetune=args.finetune)
+        state = trainer.fit()
     except TrainingAborted as exc:
         print(f"megatron-llm train: {exc}", file=sys.stderr, flush=True)
         return BAD_STEPS_EXIT_CODE

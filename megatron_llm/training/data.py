@@ -101,6 +101,69 @@ def _check_prefixes(prefixes: list[str]) -> None:
                 raise UsageError(f"data.paths: {prefix + suffix} not found")
 
 
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+def _split_matrix(split: str) -> list:
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
+    )
+
+    try:
+        vector = parse_and_normalize_split(split)
+    except (AssertionError, ValueError, ZeroDivisionError):
+        raise UsageError(f"data.split={split!r}: expected three non-negative weights like '969,30,1'") from None
+    return convert_split_vector_to_split_matrix(vector)
+
+
+def _split_tokens(tokens_per_doc: np.ndarray, bookends: tuple[float, float]) -> tuple[int, int]:
+    """(documents, tokens) of one split, with megatron-core's rounding of the split's book-ends."""
+    count = len(tokens_per_doc)
+    begin, end = int(round(bookends[0] * count)), int(round(bookends[1] * count))
+    return end - begin, int(tokens_per_doc[begin:end].sum())
+
+
+def _working_split(tokens_per_doc: np.ndarray, read: list[bool], need: int) -> str | None:
+    """The first 'T,V,0' (V = 1..50 percent) whose read splits all hold `need` tokens, if any."""
+    for valid in range(1, 51):
+        matrix = _split_matrix(f"{100 - valid},{valid},0")
+        if all(_split_tokens(tokens_per_doc, matrix[i])[1] >= need for i in range(2) if read[i]):
+            return f"{100 - valid},{valid},0"
+    return None
+
+
+def check_shards(prefixes: list[str], vocab_size: int, split: str, read: list[bool], seq_length: int) -> list:
+    """Before megatron-core sees them: every shard is a consistent dataset whose token ids fit the vocabulary,
+    and every split that will be read holds at least one sample (`seq_length + 1` tokens) of every shard
+    (megatron-core loops forever on an empty split). Returns the split matrix with unread splits removed."""
+    from megatron_llm.data.shards.checks import check_dataset, check_vocabulary
+    from megatron_llm.data.shards.indexed_writer import read_index
+    from megatron_llm.data.shards.inspect_command import document_tokens
+
+    matrix = _split_matrix(split)
+    matrix = [bookends if read[i] else None for i, bookends in enumerate(matrix)]
+    if read[1] and matrix[1] is None:
+        raise UsageError(f"data.split={split!r} leaves no validation data, but schedule.eval_iters > 0 reads it "
+                         "(give the valid split a weight, or set schedule.eval_iters=0)")
+    need = seq_length + 1
+    for prefix in prefixes:
+        check_dataset(prefix, require_documents=True)
+        check_vocabulary(prefix, vocab_size)
+        per_doc = document_tokens(read_index(prefix))
+        for i, bookends in enumerate(matrix):
+            if bookends is None:
+                continue
+            documents, tokens = _split_tokens(per_doc, bookends)
+            if tokens < need:
+                fix = _working_split(per_doc, read, need)
+                hint = f"; data.split={fix!r} would work" if fix else "; add data or lower data.seq_length"
+                raise UsageError(
+                    f"data.split={split!r}: the {SPLIT_NAMES[i]} split of {prefix} gets {documents} of "
+                    f"{len(per_doc)} documents ({tokens} tokens), fewer than one sample of {need} tokens{hint}")
+    return matrix
+
+
 class _MegatronTokenizerAdapter:
     """The attributes of a MegatronTokenizer that GPTDataset reads."""
 
@@ -111,8 +174,11 @@ class _MegatronTokenizerAdapter:
         self.unique_identifiers = {"vocab_size": info.vocab_size, "eod": info.eod, "pad": info.pad}
 
 
-def build_datasets(config: Config, train_iters: int, info: TokenizerInfo) -> tuple[object, object]:
-    """Train and validation datasets sized for the whole run."""
+def build_datasets(config: Config, train_iters: int, info: TokenizerInfo,
+                   packed_format: bool = False) -> tuple[object, object]:
+    """Train and validation datasets sized for the whole run. With `data.document_mask`, samples carry an
+    explicit block-causal attention mask, unless `packed_format` (Transformer Engine's THD attention takes
+    the document boundaries from the position ids instead)."""
     s, d = config.schedule, config.data
     train_samples = train_iters * s.global_batch_size
     valid_samples = max(s.eval_iters, 1) * s.global_batch_size
@@ -126,6 +192,8 @@ def build_datasets(config: Config, train_iters: int, info: TokenizerInfo) -> tup
 
     prefixes, weights = parse_blend(d.paths)
     _check_prefixes(prefixes)
+    read = [True, s.eval_iters > 0, False]
+    matrix = check_shards(prefixes, info.vocab_size, d.split, read, d.seq_length)
     dataset_config = GPTDatasetConfig(
         random_seed=s.seed,
         sequence_length=d.seq_length,
@@ -133,11 +201,12 @@ def build_datasets(config: Config, train_iters: int, info: TokenizerInfo) -> tup
         split=d.split,
         path_to_cache=d.cache_dir,
         tokenizer=_MegatronTokenizerAdapter(info),
-        reset_position_ids=False,
-        reset_attention_mask=False,
+        reset_position_ids=d.document_mask,
+        reset_attention_mask=d.document_mask,
         eod_mask_loss=d.eod_mask_loss,
-        create_attention_mask=False,
+        create_attention_mask=d.document_mask and not packed_format,
     )
+    dataset_config.split_matrix = matrix  # splits that are never read are not built
     train, valid, _ = BlendedMegatronDatasetBuilder(
         GPTDataset, [train_samples, valid_samples, 0], lambda: True, dataset_config
     ).build()

@@ -1,16 +1,14 @@
-"""Per-step metrics to `metrics.jsonl` and TensorBoard (same steps, same values), plus rank-0 progress."""
+"""Metrics beyond the step's own: recorded on any rank during a step, reduced over ranks when logged."""
 
 from __future__ import annotations
 
-import json
-import math
 import os
-from pathlib import Path
+from typing import Literal
 
 import psutil
 import torch
 
-STEP_KEYS = ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_device", "mfu", "mem_bytes")
+Reduce = Literal["mean", "sum", "max", "min"]
 
 
 def memory_bytes() -> int:
@@ -20,41 +18,49 @@ def memory_bytes() -> int:
     return int(psutil.Process(os.getpid()).memory_info().rss)
 
 
-def finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
+class MetricBuffer:
+    """Accumulates `record(name, value, reduce, count)` between logs.
 
+    "mean" divides the sum of values by the sum of counts over every step and rank since the last log (a
+    value may be a sum over `count` items, e.g. correct answers over pairs); "sum", "max" and "min" reduce
+    the values themselves. Ranks may record different names (only some ranks see the loss).
+    """
 
-class MetricsWriter:
-    """Writes on the logging rank only; other ranks get a writer that does nothing."""
+    def __init__(self) -> None:
+        self._values: dict[str, list] = {}
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
-        self.enabled = enabled
-        self._jsonl = None
-        self._tb = None
-        if not enabled:
+    def record(self, name: str, value: float, reduce: Reduce = "mean", count: float = 1.0) -> None:
+        entry = self._values.get(name)
+        if entry is None:
+            self._values[name] = [reduce, float(value), float(count)]
             return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        if entry[0] != reduce:
+            raise ValueError(f"metric {name!r} recorded with reduce {reduce!r} and {entry[0]!r}")
+        if reduce in ("mean", "sum"):
+            entry[1] += float(value)
+            entry[2] += float(count)
+        else:
+            entry[1] = (max if reduce == "max" else min)(entry[1], float(value))
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    def reduce(self) -> dict[str, float]:
+        """The reduced values over every rank, then empty (a collective: every rank calls it)."""
+        gathered: list = [self._values]
+        if torch.distributed.get_world_size() > 1:
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self._values)
+        self._values = {}
+        merged: dict[str, list] = {}
+        for part in gathered:
+            for name, (reduce, value, count) in part.items():
+                if name not in merged:
+                    merged[name] = [reduce, value, count]
+                elif reduce in ("mean", "sum"):
+                    merged[name][1] += value
+                    merged[name][2] += count
+                else:
+                    merged[name][1] = (max if reduce == "max" else min)(merged[name][1], value)
+        return {name: value / max(count, 1e-30) if reduce == "mean" else value
+                for name, (reduce, value, count) in sorted(merged.items())}
 
-    def write(self, record: dict) -> None:
-        """`record` holds `step` and numeric values; non-finite values are written as null in JSON."""
-        if not self.enabled:
-            return
-        clean = {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in record.items()}
-        self._jsonl.write(json.dumps(clean) + "\n")
-        if self._tb is not None:
-            step = record["step"]
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and value is not None:
-                    self._tb.add_scalar(f"train/{key}" if key != "val_loss" else "valid/loss", value, step)
-
-    def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-        if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
+    def __bool__(self) -> bool:
+        return bool(self._values)

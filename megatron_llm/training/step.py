@@ -4,59 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 
 import torch
-from megatron.core import parallel_state
 from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-
-def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """Per-token loss: (sum over unmasked tokens, token count); the schedule divides by the global count."""
-    losses = output_tensor.float().reshape(-1)
-    mask = loss_mask.float().reshape(-1)
-    loss_sum = torch.sum(losses * mask)
-    num_tokens = mask.sum().to(torch.int)
-    report = torch.stack([loss_sum.detach(), mask.sum().detach()])
-    return loss_sum, num_tokens, {"lm loss": report}
+from megatron_llm.training.forward import global_loss
 
 
-def _to_device(batch: dict) -> dict:
-    if torch.cuda.is_available():
-        return {k: v.cuda(non_blocking=True) for k, v in batch.items()}
-    return batch
-
-
-def forward_step(data_iterator, model):
-    """Pre-training forward step; a batch may carry an `attention_mask` (True = masked), e.g. packed SFT."""
-    batch = _to_device(next(data_iterator))
-    output = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"])
-    return output, partial(_loss_func, batch["loss_mask"])
-
-
-def _global_loss(losses: list[dict]) -> tuple[float, float]:
-    """(loss sum, token count) over the global batch, known on every rank.
-
-    Only one rank per data-parallel replica (last pipeline stage, TP and CP rank 0) contributes, so the
-    world all-reduce sums exactly the data-parallel replicas, and rank 0 can report the loss.
-    """
-    totals = torch.zeros(2, dtype=torch.float64)
-    contributes = (
-        parallel_state.is_pipeline_last_stage(ignore_virtual=True)
-        and parallel_state.get_tensor_model_parallel_rank() == 0
-        and parallel_state.get_context_parallel_rank() == 0
-    )
-    if contributes:
-        for item in losses:
-            totals += item["lm loss"].double().cpu()
-    if torch.cuda.is_available():
-        totals = totals.cuda()
-    torch.distributed.all_reduce(totals)
-    return float(totals[0]), float(totals[1])
-
-
-def _run_schedule(model, data_iterators, forward_step_func, num_microbatches: int, seq_length: int,
+def run_schedule(model, data_iterators, forward_step_func, num_microbatches: int, seq_length: int,
                   micro_batch_size: int, forward_only: bool) -> tuple[float, float]:
     """One global batch through megatron-core's pipeline schedule; (loss sum, token count) on every rank."""
     losses = get_forward_backward_func()(
@@ -68,7 +24,7 @@ def _run_schedule(model, data_iterators, forward_step_func, num_microbatches: in
         micro_batch_size=micro_batch_size,
         forward_only=forward_only,
     )
-    return _global_loss(losses)
+    return global_loss(losses)
 
 
 @dataclass
@@ -80,11 +36,11 @@ class StepResult:
 
 
 def train_step(model, optimizer, scheduler, data_iterators, num_microbatches: int, seq_length: int,
-               micro_batch_size: int, global_batch_size: int, forward_step_func=forward_step) -> StepResult:
+               micro_batch_size: int, global_batch_size: int, forward_step_func) -> StepResult:
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    loss_sum, tokens = _run_schedule(model, data_iterators, forward_step_func, num_microbatches, seq_length,
+    loss_sum, tokens = run_schedule(model, data_iterators, forward_step_func, num_microbatches, seq_length,
                                      micro_batch_size, forward_only=False)
     loss = loss_sum / max(tokens, 1.0)
     if not torch.isfinite(torch.tensor(loss)):
@@ -121,13 +77,13 @@ def guarded_optimizer_step(optimizer) -> tuple[bool, float | None]:
 
 @torch.no_grad()
 def evaluate(model, data_iterators, num_microbatches: int, seq_length: int, micro_batch_size: int,
-             eval_iters: int, forward_step_func=forward_step) -> float:
+             eval_iters: int, forward_step_func) -> float:
     """Mean per-token loss over `eval_iters` global batches of the validation split."""
     for chunk in model:
         chunk.eval()
     loss_sum = tokens = 0.0
     for _ in range(eval_iters):
-        step_sum, step_tokens = _run_schedule(model, data_iterators, forward_step_func, num_microbatches,
+        step_sum, step_tokens = run_schedule(model, data_iterators, forward_step_func, num_microbatches,
                                               seq_length, micro_batch_size, forward_only=True)
         loss_sum += step_sum
         tokens += step_tokens

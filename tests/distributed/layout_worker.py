@@ -14,7 +14,8 @@ from megatron.core import parallel_state
 from megatron_llm.config import load_config
 from megatron_llm.config.validation import validate
 from megatron_llm.runtime.platform import detect_platform
-from megatron_llm.training.loop import setup, train
+from megatron_llm.training.callbacks import Callback
+from megatron_llm.training.setup import build_trainer
 
 COMMON = [
     "schedule.train_iters=5",
@@ -25,15 +26,14 @@ COMMON = [
 ]
 
 
-class Recorder:
+class Recorder(Callback):
     def __init__(self) -> None:
         self.loss: list[float] = []
         self.grad_norm: list[float] = []
 
-    def after_step(self, trainer, result) -> bool:
+    def on_step_end(self, trainer, result) -> None:
         self.loss.append(result.loss)
         self.grad_norm.append(result.grad_norm)
-        return False
 
 
 def main() -> None:
@@ -44,9 +44,8 @@ def main() -> None:
         config = load_config(Path(__file__).parents[2] / "examples/configs/tiny.yaml", COMMON + overrides)
         validate(config, torch.distributed.get_world_size() if torch.distributed.is_initialized() else
                  int(__import__("os").environ.get("WORLD_SIZE", "1")), detect_platform())
-        trainer = setup(config, run_root / f"layout{index}")
         recorder = Recorder()
-        train(trainer, hooks=[recorder])
+        build_trainer(config, run_root / f"layout{index}", callbacks=[recorder]).fit()
         results[" ".join(overrides) or "single"] = {"loss": recorder.loss, "grad_norm": recorder.grad_norm}
         parallel_state.destroy_model_parallel()
     if torch.distributed.get_rank() == 0:

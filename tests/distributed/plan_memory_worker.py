@@ -48,18 +48,18 @@ def main() -> None:
 
     from megatron_llm.config.loader import load_config
     from megatron_llm.runtime.distributed import destroy_distributed
-    from megatron_llm.training.loop import setup, train
+    from megatron_llm.training.setup import build_trainer
 
     out = Path(sys.argv[1])
     for index, overrides in enumerate(sys.argv[2:]):
         config = load_config(None, json.loads(overrides))
-        trainer = setup(config, out / f"run{index}")
-        train(trainer)
+        trainer = build_trainer(config, out / f"run{index}")
+        trainer.fit()
         record = measure(trainer)
         record.update(pipeline_rank=parallel_state.get_pipeline_model_parallel_rank(),
                       data_parallel_rank=parallel_state.get_data_parallel_rank(),
                       tensor_rank=parallel_state.get_tensor_model_parallel_rank(),
-                      flops_per_step=trainer.flops_per_step)
+                      flops_per_step=trainer.flops_per_sample * trainer.config.schedule.global_batch_size)
         rank = torch.distributed.get_rank()
         (out / f"{index}-{rank}.json").write_text(json.dumps(record))
         torch.distributed.barrier()

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from megatron_llm.training.checkpoint.format import METADATA, TRACKER, iter_dir, read_tracker, verify_directory
-from megatron_llm.training.faults import REQUEUE_EXIT_CODE
+from megatron_llm.training.exit_codes import REQUEUE_EXIT_CODE
 from tests.distributed.ckpt_runs import checkpoint_tensors, losses, metrics, train
 
 BASE = ["parallel.distributed_optimizer=true", "schedule.train_iters=8",

@@ -23,6 +23,8 @@ from megatron_llm.posttrain.chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 16
+SAVE_AT = 8
+BETA = 0.5
 
 
 def _free_port() -> int:
@@ -66,12 +68,12 @@ def runs(tmp_path_factory) -> dict:
            "--set", "schedule.train_iters=2", "--set", "optim.warmup_iters=0", "--set", "checkpoint.save_interval=2",
            "--set", "logging.progress=false", "--set", "logging.tensorboard=false", "--run-dir", str(root / "base"))
     common = ["dpo", "--config", "examples/configs/dpo-tiny.yaml", "--init", str(root / "base/checkpoints"),
-              "--data", str(root / "prefs.jsonl"), "--beta", "0.5", "--set", f"schedule.train_iters={STEPS}",
+              "--data", str(root / "prefs.jsonl"), "--beta", str(BETA), "--set", f"schedule.train_iters={STEPS}",
               "--set", "schedule.eval_interval=8", "--set", "logging.tensorboard=false",
               "--set", "checkpoint.save_interval=null"]
-    single = launch(1, *common, "--run-dir", str(root / "single"))
+    single = launch(1, *common, "--set", f"checkpoint.save_interval={SAVE_AT}", "--run-dir", str(root / "single"))
     launch(4, *common, "--set", "parallel.tensor=2", "--set", "parallel.pipeline=2", "--run-dir", str(root / "tp2pp2"))
-    return {"root": root, "single_stderr": single.stderr}
+    return {"root": root, "single_stderr": single.stderr, "tokenizer": tok_dir}
 
 
 def _series(records: list[dict], key: str) -> list[float]:
@@ -137,3 +139,73 @@ def test_packed_sft_matches_one_process_under_tensor_and_pipeline_parallel(runs)
         ours, theirs = _series(single, key), _series(parallel, key)
         assert len(ours) == len(theirs) > 0
         assert theirs == pytest.approx(ours, rel=1e-4), key
+
+
+def _sequence_logprobs(model, samples: list[dict]) -> list[float]:
+    """Summed log-probability of each sequence's scored tokens under a transformers model (float64 sums)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for sample in samples:
+            logits = model(sample["tokens"][None]).logits[0].double()
+            token_logp = torch.log_softmax(logits, dim=-1).gather(1, sample["labels"][:, None])[:, 0]
+            out.append(float((token_logp * sample["loss_mask"].double()).sum()))
+    return out
+
+
+def test_rewards_and_validation_loss_match_transformers_on_the_exported_models(runs):
+    """The logged reward margin and accuracy of step SAVE_AT + 1 (computed with the weights after step SAVE_AT)
+    and the final validation loss equal what transformers computes on the exported policy and reference for
+    the same sequences. First-step log 2 holds whatever the log-probabilities are; these do not.
+
+    The sequences (tokens, labels, scored-token mask) come from the DPO data preparation; every log-probability
+    and reward here comes from transformers. Tolerance 1e-4 (absolute, on rewards and losses of order 0.1-1):
+    megatron-core's and transformers' fp32 kernels sum in different orders (about 1e-6 per log-probability),
+    and a reward is beta x a difference of four sums of up to a few dozen token log-probabilities."""
+    import argparse
+
+    import torch
+    import transformers
+
+    from megatron_llm.config import load_config
+    from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
+    from megatron_llm.posttrain import run as posttrain
+    from megatron_llm.posttrain.dpo_command import build_pair_datasets
+
+    root = runs["root"]
+    models = {}
+    for name, checkpoint, iteration in (("reference", root / "base/checkpoints", None),
+                                         ("policy8", root / "single/checkpoints", SAVE_AT),
+                                         ("policy16", root / "single/checkpoints", STEPS)):
+        args = ["convert", "to-hf", "--checkpoint", str(checkpoint), "--output", str(root / f"hf-{name}"),
+                "--no-progress"] + (["--iteration", str(iteration)] if iteration else [])
+        launch(1, *args)
+        models[name] = transformers.AutoModelForCausalLM.from_pretrained(root / f"hf-{name}",
+                                                                         torch_dtype=torch.float32).eval()
+    config = load_config(REPO / "examples/configs/dpo-tiny.yaml")
+    tokenizer = load_tokenizer(runs["tokenizer"])
+    template, _ = posttrain.chat_template(tokenizer)
+    args = argparse.Namespace(data=str(root / "prefs.jsonl"), valid_data=None, valid_fraction=0.05, strict=False)
+    train, valid, _ = build_pair_datasets(args, config, tokenizer, template)
+    gbs = config.schedule.global_batch_size
+
+    def rewards(policy: str, samples: list[dict]) -> list[float]:
+        pol, ref = _sequence_logprobs(models[policy], samples), _sequence_logprobs(models["reference"], samples)
+        return [BETA * ((pol[i] - ref[i]) - (pol[i + 1] - ref[i + 1])) for i in range(0, len(samples), 2)]
+
+    batch = [train[i % len(train)] for i in range(SAVE_AT * gbs, (SAVE_AT + 1) * gbs)]
+    margins = rewards("policy8", batch)
+    record = next(r for r in metrics(root / "single") if r.get("step") == SAVE_AT + 1 and "reward_margin" in r)
+    assert record["reward_margin"] == pytest.approx(sum(margins) / len(margins), abs=1e-4)
+    assert record["reward_accuracy"] == sum(m > 0 for m in margins) / len(margins)
+    assert min(abs(m) for m in margins) > 1e-3  # no pair near the accuracy threshold
+    valid_margins = rewards("policy16", [valid[i] for i in range(len(valid))])
+    val_loss = float(torch.nn.functional.softplus(-torch.tensor(valid_margins, dtype=torch.float64)).mean())
+    logged_val = _series(metrics(root / "single"), "val_loss")[-1]
+    assert logged_val == pytest.approx(val_loss, abs=1e-4)
+    # Negative controls: the margins of the wrong weights (the final policy for step 9's batch, or the
+    # reference itself, whose margins are all 0) are far beyond the tolerance.
+    wrong = rewards("policy16", batch)
+    assert abs(sum(wrong) / len(wrong) - record["reward_margin"]) > 100 * 1e-4
+    assert abs(record["reward_margin"]) > 100 * 1e-4 and abs(logged_val - math.log(2)) > 100 * 1e-4

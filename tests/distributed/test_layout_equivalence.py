@@ -14,7 +14,16 @@ WORKER = "tests/distributed/layout_worker.py"
 RTOL = 1e-5
 
 LAUNCHES = {
-    "tp-pp-dp": (2, [["parallel.tensor=2"], ["parallel.pipeline=2"], []]),
+    "tp-pp-dp": (
+        2,
+        [
+            ["parallel.tensor=2"],
+            ["parallel.pipeline=2"],
+            [],
+            # Uneven stages with explicit counts: 1 layer on the first stage, 3 on the last.
+            ["parallel.pipeline=2", "parallel.first_stage_layers=1", "parallel.last_stage_layers=3"],
+        ],
+    ),
     "sp-vpp-distopt": (
         2,
         [
@@ -28,6 +37,10 @@ LAUNCHES = {
         [
             ["parallel.tensor=2", "parallel.sequence_parallel=true", "model.recompute=selective"],
             ["parallel.pipeline=2", "model.recompute=full"],
+            # Embedding and loss counted as layers: 4 + 2 slots over 2 stages x 3 virtual stages, so the very
+            # first chunk holds only the embedding and the very last only the final norm, output layer and loss.
+            ["parallel.pipeline=2", "parallel.virtual_pipeline=3", "parallel.account_for_embedding=true",
+             "parallel.account_for_loss=true"],
         ],
     ),
     "tp2-pp2-dp2": (

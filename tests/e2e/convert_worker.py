@@ -29,8 +29,7 @@ NEW_TOKENS = 8
 def train(out_root: Path, layouts: dict) -> None:
     from megatron_llm.model.builder import build_model_chunks
     from megatron_llm.training.checkpoint.save_load import save_model_weights
-    from megatron_llm.training.loop import setup
-    from megatron_llm.training.loop import train as run
+    from megatron_llm.training.setup import build_trainer
 
     for name, overrides in layouts.items():
         config = load_config(TINY, COMMON + overrides)
@@ -40,7 +39,7 @@ def train(out_root: Path, layouts: dict) -> None:
             chunks = build_model_chunks(config, config.model.vocab_size, detect_platform())
             save_model_weights(chunks, config, out_root / name / "checkpoints")
         else:
-            run(setup(config, out_root / name))
+            build_trainer(config, out_root / name).fit()
         torch.distributed.barrier()
         parallel_state.destroy_model_parallel()
     torch.distributed.destroy_process_group()

@@ -79,11 +79,11 @@ def test_async_save_mirror_and_exit_interval_resume(tmp_path):
     mirror = ["checkpoint.async_save=true", "checkpoint.keep_last=1", "checkpoint.keep_every=4"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     _ok(train(straight, BASE))
-    first = train(stopped, BASE + mirror + [f"checkpoint.mirror_dir={tmp_path / 'mirror'}",
+    first = train(stopped, BASE + mirror + [f"checkpoint.mirror={tmp_path / 'mirror'}",
                                             "schedule.exit_interval=3"])
     _ok(first)
     assert read_tracker(stopped / "checkpoints") == 3
-    _ok(train(stopped, BASE + mirror + [f"checkpoint.mirror_dir={tmp_path / 'mirror'}"]))
+    _ok(train(stopped, BASE + mirror + [f"checkpoint.mirror={tmp_path / 'mirror'}"]))
     assert losses(metrics(stopped)) == losses(metrics(straight))
     for root in (stopped / "checkpoints", tmp_path / "mirror"):
         kept = sorted(p.name for p in root.glob("iter_*"))
@@ -91,7 +91,7 @@ def test_async_save_mirror_and_exit_interval_resume(tmp_path):
         assert read_tracker(root) == 8
         assert all(not verify_directory(root / name) for name in kept)
     ls = cli("checkpoint", "ls", str(tmp_path / "mirror"))
-    assert ls.returncode == 0 and "complete (latest)" in ls.stdout
+    assert ls.returncode == 0 and "unverified (latest)" in ls.stdout
 
 
 def test_finetune_takes_weights_only(faulty, tmp_path):

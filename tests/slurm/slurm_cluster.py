@@ -102,6 +102,49 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def munge_works(socket_path: Path) -> bool:
+    """Whether munged on `socket_path` encodes and decodes a credential."""
+    encoded = _run(["munge", "-n", f"--socket={socket_path}"], timeout=10)
+    if encoded.returncode != 0:
+        return False
+    decoded = subprocess.run(["unmunge", f"--socket={socket_path}"], input=encoded.stdout,
+                             capture_output=True, text=True, timeout=10)
+    return decoded.returncode == 0
+
+
+def start_munged(munge_dir: Path) -> Path:
+    """munged with a fresh key, its socket, pid file (munged.pid) and log in `munge_dir`; returns the socket."""
+    munge_dir.mkdir(parents=True, exist_ok=True)
+    munge_dir.chmod(0o700)
+    key = munge_dir / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+    socket_path = munge_dir / "munge.socket"
+    # munged runs as the test's own user: the temp directory is private to it (mode 0700), and --force
+    # lets munged run as root, which the packaged daemon would refuse.
+    cmd = ["munged", f"--socket={socket_path}", f"--key-file={key}",
+           f"--pid-file={munge_dir / 'munged.pid'}", f"--log-file={munge_dir / 'munged.log'}",
+           f"--seed-file={munge_dir / 'munged.seed'}", "--force"]
+    result = _run(cmd)
+    if result.returncode != 0:
+        raise ClusterError(f"munged failed to start (exit {result.returncode}): {_tail(result.stderr)}")
+    _wait_for(lambda: munge_works(socket_path), 20, "munged to answer", munge_dir / "munged.log")
+    return socket_path
+
+
+def stop_by_pid_file(pid_file: Path, grace: float = 20) -> None:
+    """SIGTERM the daemon whose pid `pid_file` holds, SIGKILL it after `grace` seconds."""
+    pid = _read_pid(pid_file)
+    if pid is None or not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
 SLURM_CONF = """\
 ClusterName=megatron-llm-test
 SlurmctldHost={host}(127.0.0.1)
@@ -184,29 +227,7 @@ class LocalSlurm:
         _wait_for(self._node_idle, 60, f"node {self.host} to become idle", self.root / "slurmd.log")
 
     def _start_munge(self) -> None:
-        munge_dir = self.root / "munge"
-        munge_dir.mkdir(parents=True, exist_ok=True)
-        munge_dir.chmod(0o700)
-        key = munge_dir / "munge.key"
-        key.write_bytes(os.urandom(1024))
-        key.chmod(0o400)
-        # munged runs as the test's own user: the temp directory is private to it (mode 0700), and --force
-        # lets munged run as root, which the packaged daemon would refuse.
-        cmd = ["munged", f"--socket={self.munge_socket}", f"--key-file={key}",
-               f"--pid-file={munge_dir / 'munged.pid'}", f"--log-file={munge_dir / 'munged.log'}",
-               f"--seed-file={munge_dir / 'munged.seed'}", "--force"]
-        result = _run(cmd)
-        if result.returncode != 0:
-            raise ClusterError(f"munged failed to start (exit {result.returncode}): {_tail(result.stderr)}")
-        _wait_for(self._munge_works, 20, "munged to answer", munge_dir / "munged.log")
-
-    def _munge_works(self) -> bool:
-        encoded = _run(["munge", "-n", f"--socket={self.munge_socket}"], timeout=10)
-        if encoded.returncode != 0:
-            return False
-        decoded = subprocess.run(["unmunge", f"--socket={self.munge_socket}"], input=encoded.stdout,
-                                 capture_output=True, text=True, timeout=10)
-        return decoded.returncode == 0
+        start_munged(self.root / "munge")
 
     def _node_idle(self) -> bool:
         result = _run(["sinfo", "-h", "-n", self.host, "-o", "%T"], timeout=10, env=dict(os.environ, **self.env))
@@ -250,12 +271,4 @@ class LocalSlurm:
         """Cancel the jobs, then stop slurmd, slurmctld and munged by the pids they wrote (SIGKILL after 20 s)."""
         self.cancel_jobs()
         for pid_file in (self.root / "slurmd.pid", self.root / "slurmctld.pid", self.root / "munge" / "munged.pid"):
-            pid = _read_pid(pid_file)
-            if pid is None or not _alive(pid):
-                continue
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 20
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+            stop_by_pid_file(pid_file)

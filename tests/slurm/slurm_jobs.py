@@ -83,8 +83,10 @@ def tracker(run_dir: Path) -> int | None:
         return None
 
 
-def task_process(job_id: str, task: int) -> psutil.Process | None:
-    """The process slurmstepd started for one task of a job's step (found by its SLURM environment)."""
+def task_process(job_id: str, task: int, conf: str | None = None) -> psutil.Process | None:
+    """The process slurmstepd started for one task of a job's step (found by its SLURM environment);
+    `conf` names the cluster's slurm.conf (default: this process's SLURM_CONF)."""
+    conf = conf or os.environ.get("SLURM_CONF")
     for proc in psutil.process_iter(["name", "ppid"]):
         try:
             if proc.info["name"] == "slurmstepd" or psutil.Process(proc.info["ppid"]).name() != "slurmstepd":
@@ -92,16 +94,16 @@ def task_process(job_id: str, task: int) -> psutil.Process | None:
             env = proc.environ()
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
-        if (env.get("SLURM_CONF") == os.environ.get("SLURM_CONF") and env.get("SLURM_JOB_ID") == job_id
+        if (env.get("SLURM_CONF") == conf and env.get("SLURM_JOB_ID") == job_id
                 and env.get("SLURM_PROCID") == str(task) and env.get("SLURM_STEP_ID", "batch") != "batch"):
             return proc
     return None
 
 
 @contextlib.contextmanager
-def stopped_tasks(job_id: str, ntasks: int):
+def stopped_tasks(job_id: str, ntasks: int, conf: str | None = None):
     """SIGSTOP every task of the job's step (so it cannot get further), SIGCONT the survivors on exit."""
-    processes = [wait_until(lambda t=task: task_process(job_id, t), 60, f"task {task} of job {job_id}")
+    processes = [wait_until(lambda t=task: task_process(job_id, t, conf), 120, f"task {task} of job {job_id}")
                  for task in range(ntasks)]
     for process in processes:
         process.send_signal(signal.SIGSTOP)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+from types import SimpleNamespace
 
 import pytest
 
-from megatron_llm.training import faults
+from megatron_llm.errors import UsageError
+from megatron_llm.training.callbacks.bad_steps import BadStepGuard
+from megatron_llm.training.callbacks.exit_policy import parse_signals
+from megatron_llm.training.callbacks.fault_injection import FaultInjection
+from megatron_llm.training.callbacks.spike_guard import SpikeDetector
 from megatron_llm.training.checkpoint.command import main as checkpoint_main
 from megatron_llm.training.checkpoint.format import (
     METADATA,
@@ -26,6 +31,8 @@ from megatron_llm.training.checkpoint.format import (
 )
 from megatron_llm.training.checkpoint.mirror import Mirror
 from megatron_llm.training.checkpoint.retention import prune, steps_to_keep
+from megatron_llm.training.exit_codes import TrainingAborted
+from megatron_llm.training.step import StepResult
 
 LAYOUT = {"tensor": 2, "pipeline": 2, "virtual_pipeline": None, "data": 2}
 
@@ -135,16 +142,19 @@ def test_checkpoint_command_ls_and_verify(tmp_path, capsys):
     assert "__1_0.distcp" in capsys.readouterr().out
 
 
-def test_bad_step_counter_aborts_after_limit():
-    counter = faults.BadStepCounter(3)
+def test_bad_step_guard_aborts_after_limit():
+    guard = BadStepGuard(3)
+    trainer = SimpleNamespace(state=SimpleNamespace(step=0))
     for step, skipped in enumerate([True, True, False, True, True], start=1):
-        counter.update(step, skipped, float("nan"), None)
-    with pytest.raises(faults.TrainingAborted, match="3 steps in a row"):
-        counter.update(6, True, float("nan"), None)
+        trainer.state.step = step
+        guard.on_step_end(trainer, StepResult(float("nan"), None, skipped, 0))
+    trainer.state.step = 6
+    with pytest.raises(TrainingAborted, match="3 steps in a row"):
+        guard.on_step_end(trainer, StepResult(float("nan"), None, True, 0))
 
 
 def test_spike_detector_flags_only_far_outliers():
-    detector = faults.SpikeDetector(sigma=5, window=8)
+    detector = SpikeDetector(sigma=5, window=8)
     assert all(detector.check(s, 5.0 - 0.01 * s) is None for s in range(8))
     assert detector.check(8, 5.05) is None
     spike = detector.check(9, 40.0)
@@ -152,9 +162,18 @@ def test_spike_detector_flags_only_far_outliers():
     assert detector.check(10, float("nan")) is None
 
 
-def test_fault_spec_parsing(monkeypatch):
-    monkeypatch.setenv(faults.FAULT_ENV, "nan_loss_step3, spike_loss_step7")
-    assert [faults.loss_fault(s) for s in (2, 3, 7)] == [None, "nan", "spike"]
-    with pytest.raises(faults.UsageError, match="SIGFOO"):
-        faults.parse_signals(["SIGFOO"])
-    assert faults.parse_signals(["sigusr1", "SIGTERM"]) == [signal.SIGUSR1, signal.SIGTERM]
+def test_fault_spec_parsing_and_signal_names():
+    injection = FaultInjection.__new__(FaultInjection)
+    injection.pending = ["nan_loss_step3", "spike_loss_step7"]
+    task = SimpleNamespace(forward_step=lambda data, model: (None, None))
+    trainer = SimpleNamespace(task=task, forward_step=task.forward_step, state=SimpleNamespace(step=0))
+    poisoned_steps = []
+    for step in range(1, 9):
+        trainer.state.step = step - 1
+        injection.on_step_start(trainer)
+        poisoned_steps += [step] if trainer.forward_step is not task.forward_step else []
+        trainer.forward_step = task.forward_step
+    assert poisoned_steps == [3, 7] and injection.pending == []
+    with pytest.raises(UsageError, match="SIGFOO"):
+        parse_signals(["SIGFOO"])
+    assert parse_signals(["sigusr1", "SIGTERM"]) == [signal.SIGUSR1, signal.SIGTERM]

@@ -10,10 +10,10 @@ from megatron_llm.errors import UsageError
 TINY = "examples/configs/tiny.yaml"
 
 
-def run_train(capsys, monkeypatch, world_size: int, *overrides: str) -> tuple[int, str]:
+def run_train(capsys, monkeypatch, world_size: int, *overrides: str, run_dir=None) -> tuple[int, str]:
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
-    args = ["train", "--config", TINY, "--run-dir", "/nonexistent/should-not-be-created"]
+    args = ["train", "--config", TINY, "--run-dir", str(run_dir or "/nonexistent/should-not-be-created")]
     for override in overrides:
         args += ["--set", override]
     code = cli(args)
@@ -35,13 +35,36 @@ def run_train(capsys, monkeypatch, world_size: int, *overrides: str) -> tuple[in
         (1, ["parallel.context=2"], "parallel.context > 1 needs Transformer Engine"),
         (1, ["parallel.sequence_parallel=true"], "parallel.sequence_parallel needs parallel.tensor > 1"),
         (1, ["optim.warmup_iters=50"], "optim.warmup_iters=50 must be smaller than the decay length"),
+        (1, ["model.recompute=partial"], "model.recompute must be one of none, selective, full, got 'partial'"),
     ],
 )
 def test_bad_configs_exit_2_naming_the_field(capsys, monkeypatch, tmp_path, world_size, overrides, expected):
-    code, err = run_train(capsys, monkeypatch, world_size, *overrides)
+    code, err = run_train(capsys, monkeypatch, world_size, *overrides, run_dir=tmp_path / "should-not-be-created")
     assert code == 2
     assert expected in err
     assert not (tmp_path / "should-not-be-created").exists()
+
+
+class _StandInTrainer:
+    """What build_trainer's first act leaves behind (the run directory), without training."""
+
+    def __init__(self, config, run_dir, **_) -> None:
+        run_dir.mkdir(parents=True)
+        self.state = type("State", (), {"exit_code": 0})()
+
+    def fit(self):
+        return self.state
+
+
+def test_a_valid_config_reaches_the_run_directory(capsys, monkeypatch, tmp_path):
+    """Negative control for the test above: with the same arguments but a valid config, the command goes on
+    to build the trainer, which creates the run directory, so `not exists()` there is a real check."""
+    import megatron_llm.training.setup as setup
+
+    monkeypatch.setattr(setup, "build_trainer", _StandInTrainer)
+    code, _ = run_train(capsys, monkeypatch, 1, run_dir=tmp_path / "should-not-be-created")
+    assert code == 0
+    assert (tmp_path / "should-not-be-created").is_dir()
 
 
 def test_every_problem_reported_one_per_line(capsys, monkeypatch):
@@ -61,6 +84,9 @@ def test_unknown_field_and_wrong_type_name_file_and_line(tmp_path):
     bad.write_text("parallel:\n  tensor: two\n")
     with pytest.raises(UsageError, match=r"bad.yaml:2: parallel.tensor must be int, got 'two'"):
         load_config(bad)
+    bad.write_text("precision:\n  dtype: fp32\n  fp8: mxfp8\n")
+    with pytest.raises(UsageError, match=r"bad.yaml:3: precision.fp8 must be one of delayed, current or null, got 'mx"):
+        load_config(bad)
     bad.write_text("model: [1, 2\n")
     with pytest.raises(UsageError, match=r"bad.yaml:\d+: invalid YAML"):
         load_config(bad)
@@ -78,8 +104,8 @@ def test_overrides_are_typed_and_reject_unknown_sections():
 
 
 def test_example_configs_are_valid_for_their_layouts():
-    for name, world in [("tiny", 1), ("llama-125m", 8), ("llama-1b", 8), ("llama-7b", 16), ("llama-8b", 16),
-                        ("llama-70b", 128)]:
+    for name, world in [("tiny", 1), ("llama-125m", 8), ("llama-1b", 8), ("llama-1b-wsd", 8), ("llama-7b", 16),
+                        ("llama-8b", 16), ("llama-70b", 128)]:
         config = load_config(f"examples/configs/{name}.yaml")
         assert config_problems(config) == [], name
         assert layout_problems(config, world) == [], name

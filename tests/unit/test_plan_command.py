@@ -43,6 +43,7 @@ def test_report_shows_the_arithmetic(plan_7b: dict) -> None:
     assert "1024 x 4096" in text  # 4M tokens = 4 x 2^20 = 1024 sequences of 4096
     assert "GPU-hours x $2.50" in text and "days" in text
     assert "fits with" in text  # --explain
+    assert "Where each listed layout's step time goes" in text  # --explain: the predicted breakdown
     for part in ("weights", "gradients", "optimizer", "activations", "buffers"):
         assert part in text
 
@@ -80,6 +81,8 @@ def test_json_is_one_document_with_the_same_numbers(capsys: pytest.CaptureFixtur
         (["--gpu", "a100", "--precision", "fp8"], "fp8"),
         (["--tokens", "12Q"], "--tokens"),
         (["--mfu", "1.5"], "--mfu"),
+        (["--network-gbps", "0"], "--network-gbps"),
+        (["--gpus-per-node", "0"], "--gpus-per-node"),
         (["--set", "model.vocab_size=null"], "model.vocab_size"),
     ],
 )
@@ -87,6 +90,25 @@ def test_usage_errors_exit_2_with_one_line(extra: list[str], message: str, capsy
     assert cli_main(["plan"] + QUESTION + extra) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_small_model_layouts_no_longer_tie() -> None:
+    """The old planner gave all 936 layouts of llama-125m on 8 GPUs the same MFU and step time; the model ranks
+    data parallelism first and predicts TP4 (12 heads: TP8 cannot split them) clearly slower."""
+    config = str(ROOT / "examples" / "configs" / "llama-125m.yaml")
+    plan, _ = make_plan(["--config", config, "--gpus", "8", "--gpu", "h100", "--tokens", "10B", "--top", "2000"])
+    best = plan["layouts"]["best"]
+    seconds = [entry["timing"]["step_seconds"] for entry in best]
+    assert len(set(round(s, 6) for s in seconds)) > len(seconds) // 4
+    top = best[0]["layout"]
+    assert (top["tensor"], top["pipeline"], top["context"]) == (1, 1, 1)
+    tp4 = min(e["timing"]["step_seconds"] for e in best if e["layout"]["tensor"] == 4)
+    assert tp4 > 1.2 * seconds[0]
+    for entry in best[:20]:
+        timing = entry["timing"]
+        assert sum(timing["breakdown"].values()) == pytest.approx(timing["step_seconds"], rel=1e-12)
+        assert timing["mfu"] == pytest.approx(
+            timing["model_flops_per_step"] / (timing["step_seconds"] * 8 * 989.4e12), rel=1e-12)
 
 
 def test_layout_that_cannot_run_is_reported() -> None:

@@ -60,7 +60,7 @@ def test_bytes_per_parameter(dtype: str, distopt: bool, dp: int, expected: float
 
 
 def test_static_memory_per_rank_with_pipeline_and_tensor_parallel() -> None:
-    config = _config("llama-70b")  # TP8 PP4 x5 virtual stages, distributed optimizer
+    config = _config("llama-70b", "parallel.tensor=8", "parallel.pipeline=4")  # x5 virtual stages, distopt
     first = static_memory(config, 128, pipeline_rank=0, gpu=lookup_gpu("h100"))
     middle = static_memory(config, 128, pipeline_rank=1, gpu=lookup_gpu("h100"))
     layer = count_parameters(config.model).per_layer

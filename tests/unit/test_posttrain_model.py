@@ -6,6 +6,7 @@ import math
 import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -72,7 +73,7 @@ def _per_token_loss(model, sample: dict) -> torch.Tensor:
 
 
 def test_sft_loss_is_over_assistant_tokens_and_packing_matches_padding(env):
-    from megatron_llm.training.step import _loss_func
+    from megatron_llm.training.forward import token_loss
 
     tok, model = env["tok"], env["model"]
     records = env["records"][:8]
@@ -89,7 +90,7 @@ def test_sft_loss_is_over_assistant_tokens_and_packing_matches_padding(env):
     for index in range(len(packed)):
         sample = packed[index]
         losses = _per_token_loss(model, sample)
-        total, count, _ = _loss_func(sample["loss_mask"][None], losses)  # the training loop's loss function
+        total, count, _ = token_loss(sample["loss_mask"][None], losses)  # the training loop's loss function
         loss_sum += float(total)
         tokens += int(count)
         start = 0
@@ -121,7 +122,10 @@ def test_scoring_through_the_schedule_matches_the_logits(env):
 
 def test_dpo_step_loss_is_log2_when_policy_is_the_reference(env):
     from megatron_llm.posttrain.dpo_data import PairSequences
-    from megatron_llm.posttrain.dpo_loss import DPOForwardStep, reference_logprobs
+    from megatron_llm.posttrain.dpo_loss import reference_logprobs
+    from megatron_llm.posttrain.dpo_task import DPOTask
+    from megatron_llm.posttrain.run import PreparedData
+    from megatron_llm.training.metrics import MetricBuffer
 
     tok, model = env["tok"], env["model"]
     pairs = []
@@ -132,13 +136,16 @@ def test_dpo_step_loss_is_log2_when_policy_is_the_reference(env):
         pairs.append((chosen, rejected))
     data = PairSequences(pairs, SEQ, tok.pad_id)
     reference = reference_logprobs([model], data, SEQ, micro_batch_size=2)
-    step = DPOForwardStep(beta=0.1, reference=reference)
+    task = DPOTask(PreparedData(data, None, [], False), beta=0.1, reference=Path("ref"), init=Path("ref"))
+    task.reference = reference
+    metrics = MetricBuffer()
+    task.trainer = SimpleNamespace(record_metric=metrics.record)
     batch = {k: torch.stack([data[i][k] for i in range(4)]) for k in data[0]}
-    output, loss_func = step(iter([batch]), model)
+    output, loss_func = task.forward_step(iter([batch]), model)
     loss_sum, pairs_count, report = loss_func(output)
     assert int(pairs_count) == 2
     assert float(loss_sum) / 2 == pytest.approx(math.log(2), abs=1e-6)
-    stats = step.take_stats()
+    stats = metrics.reduce()
     assert stats["reward_accuracy"] == 0.0 and abs(stats["reward_margin"]) < 1e-6
 
 

@@ -91,7 +91,8 @@ def test_interrupted_writes_never_leave_a_valid_looking_pair(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt), IndexedDatasetWriter(prefix, np.uint16) as writer:
         writer.add_documents(np.arange(3), np.array([3]), np.array([1]))
         raise KeyboardInterrupt
-    assert sorted(os.listdir(tmp_path)) == ["d.bin", "d.idx"] and (tmp_path / "d.idx").read_bytes() == old_idx
+    assert sorted(os.listdir(tmp_path)) == ["d.bin", "d.idx", "d.stats.json"]
+    assert (tmp_path / "d.idx").read_bytes() == old_idx
     real_replace, calls = os.replace, []
 
     def dies_before_the_index(source, target):

@@ -1,10 +1,16 @@
-"""Given Megatron-LM's flags, preprocess-data produces Megatron-LM's ids, EOD and dtype; the fast
-SentencePiece encoder gives exactly SentencePiece's ids."""
+"""Given Megatron-LM's flags, preprocess-data writes Megatron-LM 0.16.1's files: the reference ids, EOD and
+vocabulary size come from megatron-core's own tokenizers (`megatron.core.tokenizers`, what Megatron-LM's
+preprocess_data.py builds by default), run in a separate process; with --legacy-tokenizer, those of its legacy
+system (through sentencepiece and transformers). The fast SentencePiece encoder gives exactly SentencePiece's ids."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +18,7 @@ import pytest
 from megatron_llm.data.shards import preprocess_command as preprocess
 from megatron_llm.data.tokenizers.bpe_backend import ENV
 from megatron_llm.data.tokenizers.sp_encoder import SentencePieceEncoder
+from megatron_llm.errors import UsageError
 from tests.unit.test_preprocess_corpus import (
     multilingual_documents,
     same_files,
@@ -45,9 +52,17 @@ def llama_like_model(tmp_path_factory, corpus):
     return train_sentencepiece(tmp_path_factory.mktemp("sp") / "m", corpus)
 
 
-def megatron_sentencepiece_ids(processor, text: str) -> list[int]:
-    """Megatron-LM's SentencePieceTokenizer.tokenize, restated: cut at the earliest special token (the
-    first-added wins a tie), encode the pieces between, each occurrence becomes its id."""
+# Text that holds the special-token strings each tokenizer system treats in its own way.
+SPECIAL_TEXT = ["<s>x</s>", "a <EOD> b <unk> c", "</s>", "<|endoftext|> inside", " <|endoftext|>x<|endoftext|>",
+                "<|im_start|>user\nhi<|im_end|>", "<CLS> <MASK>z"]
+GPT2_REVISION = "0" * 40
+
+
+def megatron_legacy_sentencepiece_ids(processor, text: str) -> list[int]:
+    """Megatron-LM's legacy (megatron.training.tokenizer) SentencePieceTokenizer.tokenize, restated from its
+    source because Megatron-LM itself is not installed (megatron-core does not ship the legacy system): cut
+    at the earliest special token (the first-added wins a tie), encode the pieces between, each occurrence
+    becomes its id."""
     vocab = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
     specials = {}
     pieces = ["<CLS>", "<SEP>", "<EOD>", "<MASK>"]
@@ -68,50 +83,171 @@ def megatron_sentencepiece_ids(processor, text: str) -> list[int]:
         position = start + len(token)
 
 
-def preprocess_with_megatron_flags(tmp_path, docs: list, tokenizer_type: str, model, workers: int) -> None:
-    """preprocess-data on `docs` with Megatron-LM's flags; writes tmp_path/out_text_document."""
-    write_jsonl(tmp_path / "in.jsonl", docs)
-    args = ["--input", tmp_path / "in.jsonl", "--output-prefix", tmp_path / "out", "--tokenizer-type",
-            tokenizer_type, "--tokenizer-model", model, "--append-eod", "--workers", workers]
+def preprocess_with_megatron_flags(out_dir, docs: list, flags: list, workers: int = 1, legacy: bool = False) -> Path:
+    """preprocess-data on `docs` with Megatron-LM's flags; returns the output prefix (…/out_text_document)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out_dir / "in.jsonl", docs)
+    args = ["--input", out_dir / "in.jsonl", "--output-prefix", out_dir / "out", *flags, "--append-eod",
+            "--workers", workers] + ["--legacy-tokenizer"] * legacy
     assert preprocess.main([str(a) for a in args]) == 0
+    return out_dir / "out_text_document"
 
 
-def test_sentencepiece_tokenizer_flags_match_megatron(tmp_path, corpus, llama_like_model):
-    import sentencepiece
+def megatron_dtype(vocab_size: int):
+    from megatron.core.datasets.indexed_dataset import DType
 
-    docs = corpus[:30] + TRICKY
-    preprocess_with_megatron_flags(tmp_path, docs, "SentencePieceTokenizer", llama_like_model, 2)
-    processor = sentencepiece.SentencePieceProcessor(model_file=llama_like_model)
-    eod = processor.get_piece_size() + 2  # <CLS>, <SEP>, then <EOD>: the model has none of them
-    documents = [[megatron_sentencepiece_ids(processor, doc)] for doc in docs]
-    assert eod in documents[-8][0]
-    write_megatron_reference(tmp_path / "ref", documents, eod, np.uint16)
-    assert same_files(tmp_path / "out_text_document", tmp_path / "ref")
+    return DType.optimal_dtype(vocab_size)
 
 
-def test_gpt_sentencepiece_tokenizer_flags_match_megatron(tmp_path, corpus, llama_like_model):
-    import sentencepiece
-
-    docs = corpus[:30] + TRICKY
-    preprocess_with_megatron_flags(tmp_path, docs, "GPTSentencePieceTokenizer", llama_like_model, 1)
-    processor = sentencepiece.SentencePieceProcessor(model_file=llama_like_model)
-    write_megatron_reference(tmp_path / "ref", [[processor.encode(d)] for d in docs], processor.eos_id(), np.uint16)
-    assert same_files(tmp_path / "out_text_document", tmp_path / "ref")
+@pytest.fixture(scope="module")
+def docs(corpus):
+    return corpus[:30] + TRICKY + SPECIAL_TEXT
 
 
-def test_huggingface_tokenizer_flags_match_transformers(tmp_path, corpus):
-    import transformers
+@pytest.fixture(scope="module")
+def tokenizer_files(tmp_path_factory, corpus, llama_like_model):
+    """The files each --tokenizer-type reads: a SentencePiece model; a Hugging Face directory whose
+    post-processor adds BOS (as Llama's does); a GPT-2 vocab.json/merges.txt pair from a byte-level BPE we
+    train, also placed in an offline hub cache as the `gpt2` model, which Megatron-LM's default GPT2BPETokenizer
+    loads (it takes the merges from there)."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers.processors import TemplateProcessing
 
     from megatron_llm.data.tokenizers.tokenizer import export_for_hf
 
-    tokenizer_dir = train_tokenizer_dir(tmp_path / "tok", "byte-bpe", corpus[::2], vocab_size=600)
-    export_for_hf(tokenizer_dir, tmp_path / "hf")
-    docs = corpus[:30] + TRICKY + ["<|endoftext|> inside", "<|im_start|>user"]
-    preprocess_with_megatron_flags(tmp_path, docs, "HuggingFaceTokenizer", tmp_path / "hf", 2)
-    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    documents = [[hf(doc).input_ids] for doc in docs]
-    write_megatron_reference(tmp_path / "ref", documents, hf.eos_token_id, np.uint16)
-    assert same_files(tmp_path / "out_text_document", tmp_path / "ref")
+    root = tmp_path_factory.mktemp("megatron_tokenizers")
+    hf = export_for_hf(train_tokenizer_dir(root / "sp_dir", "bpe", corpus[::2], vocab_size=600), root / "hf")
+    backend = Backend.from_file(str(hf / "tokenizer.json"))
+    backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", backend.token_to_id("<s>"))])
+    backend.save(str(hf / "tokenizer.json"))
+    byte_bpe = json.loads((train_tokenizer_dir(root / "bb", "byte-bpe", corpus[1::2], 600) / "tokenizer.json")
+                          .read_text())
+    vocab = {**byte_bpe["model"]["vocab"], **{t["content"]: t["id"] for t in byte_bpe["added_tokens"]}}
+    merges = ["#version: 0.2"] + [" ".join(pair) for pair in byte_bpe["model"]["merges"]]
+    snapshot = root / "hub/models--gpt2/snapshots" / GPT2_REVISION
+    snapshot.mkdir(parents=True)
+    (root / "hub/models--gpt2/refs").mkdir()
+    (root / "hub/models--gpt2/refs/main").write_text(GPT2_REVISION)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (snapshot / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (snapshot / "merges.txt").write_text("\n".join(merges) + "\n")
+    flags = {
+        "SentencePieceTokenizer": {"tokenizer_model": llama_like_model},
+        "GPTSentencePieceTokenizer": {"tokenizer_model": llama_like_model},
+        "HuggingFaceTokenizer": {"tokenizer_model": str(hf)},
+        "GPT2BPETokenizer": {"vocab_file": str(snapshot / "vocab.json"), "merge_file": str(snapshot / "merges.txt")},
+    }
+    return {"root": root, "hub": root / "hub", "flags": {k: {"tokenizer_type": k, **v} for k, v in flags.items()}}
+
+
+@pytest.fixture(scope="module")
+def megatron(tokenizer_files, docs):
+    """Ids, EOD and vocabulary size from megatron-core's own tokenizers (a separate process, offline hub)."""
+    root = tokenizer_files["root"]
+    (root / "spec.json").write_text(json.dumps({"texts": docs, "tokenizers": tokenizer_files["flags"]}))
+    env = {**os.environ, "HF_HUB_CACHE": str(tokenizer_files["hub"]), "HF_HUB_OFFLINE": "1",
+           "PYTHONWARNINGS": "ignore", "TRANSFORMERS_VERBOSITY": "error"}
+    result = subprocess.run([sys.executable, str(Path(__file__).parent / "megatron_tokenizer_worker.py"),
+                             str(root / "spec.json"), str(root / "ref.json")], env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((root / "ref.json").read_text())
+
+
+def cli_flags(flags: dict) -> list[str]:
+    return [x for key, value in flags.items() for x in (f"--{key.replace('_', '-')}", value)]
+
+
+def legacy_reference(tokenizer_type: str, files: dict, docs: list) -> tuple[list, int]:
+    """(ids per document, EOD) of Megatron-LM's --legacy-tokenizer, from sentencepiece and transformers (and
+    the restated legacy SentencePieceTokenizer, which megatron-core does not ship)."""
+    import sentencepiece
+    import transformers
+
+    flags = files["flags"][tokenizer_type]
+    if tokenizer_type in ("SentencePieceTokenizer", "GPTSentencePieceTokenizer"):
+        processor = sentencepiece.SentencePieceProcessor(model_file=flags["tokenizer_model"])
+        if tokenizer_type == "GPTSentencePieceTokenizer":
+            return [processor.encode(doc) for doc in docs], processor.eos_id()
+        return [megatron_legacy_sentencepiece_ids(processor, doc) for doc in docs], processor.get_piece_size() + 2
+    if tokenizer_type == "HuggingFaceTokenizer":
+        hf = transformers.AutoTokenizer.from_pretrained(flags["tokenizer_model"])
+        return [hf(doc).input_ids for doc in docs], hf.eos_token_id
+    gpt2 = transformers.GPT2Tokenizer(flags["vocab_file"], flags["merge_file"])
+    return [gpt2(doc, split_special_tokens=True).input_ids for doc in docs], gpt2.eos_token_id
+
+
+# What each tokenizer's legacy and default systems disagree on, in these documents (None: nothing).
+LEGACY_DIFFERS = {"SentencePieceTokenizer": "EOD id and the split at <s>, </s>, <EOD>, <CLS>, <MASK>",
+                  "GPTSentencePieceTokenizer": None,
+                  "HuggingFaceTokenizer": "the post-processor's BOS",
+                  "GPT2BPETokenizer": "<|endoftext|> written in the text"}
+
+
+@pytest.mark.parametrize("tokenizer_type", list(LEGACY_DIFFERS))
+def test_megatron_flags_write_megatron_lms_files(tmp_path, docs, tokenizer_files, megatron, tokenizer_type):
+    """Default: the files Megatron-LM 0.16.1 writes (ids, EOD and dtype from megatron-core's tokenizer);
+    --legacy-tokenizer: those of its legacy tokenizers. Where the two systems disagree on this text, each
+    output differs from the other system's reference: comparing against the wrong one would fail."""
+    reference = megatron[tokenizer_type]
+    dtype = megatron_dtype(reference["vocab_size"])
+    write_megatron_reference(tmp_path / "ref", [[ids] for ids in reference["ids"]], reference["eod"], dtype)
+    flags = cli_flags({k: v for k, v in tokenizer_files["flags"][tokenizer_type].items()})
+    workers = 2 if tokenizer_type == "SentencePieceTokenizer" else 1
+    out = preprocess_with_megatron_flags(tmp_path / "default", docs, flags, workers)
+    assert same_files(out, tmp_path / "ref")
+
+    legacy_ids, legacy_eod = legacy_reference(tokenizer_type, tokenizer_files, docs)
+    legacy_vocab = reference["vocab_size"] + (5 if tokenizer_type == "SentencePieceTokenizer" else 0)
+    write_megatron_reference(tmp_path / "legacy_ref", [[ids] for ids in legacy_ids], legacy_eod,
+                             megatron_dtype(legacy_vocab))
+    legacy = preprocess_with_megatron_flags(tmp_path / "legacy", docs, flags, 1, legacy=True)
+    assert same_files(legacy, tmp_path / "legacy_ref")
+    if LEGACY_DIFFERS[tokenizer_type] is None:
+        assert same_files(legacy, out)
+    else:
+        assert not same_files(legacy, out), LEGACY_DIFFERS[tokenizer_type]
+        differing = sum(a != b for a, b in zip(legacy_ids, reference["ids"], strict=True))
+        assert differing >= 1
+
+
+def test_sentencepiece_default_ends_documents_with_the_models_eos(megatron, llama_like_model):
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=llama_like_model)
+    assert megatron["SentencePieceTokenizer"]["eod"] == processor.eos_id() == 2
+    assert megatron["SentencePieceTokenizer"]["vocab_size"] == processor.get_piece_size()
+
+
+def test_saved_tokenizer_gives_the_trainer_megatrons_eod(tmp_path, docs, tokenizer_files, megatron):
+    """Shards made with Megatron-LM's flags, trained on through --save-tokenizer: the trainer's EOD id, and so
+    the positions eod_mask_loss drops, are those of Megatron-LM's tokenizer."""
+    from megatron_llm.config import load_config
+    from megatron_llm.training.data import build_datasets, tokenizer_info
+    from tests.distributed.ckpt_runs import TINY
+
+    reference = megatron["SentencePieceTokenizer"]
+    flags = cli_flags(tokenizer_files["flags"]["SentencePieceTokenizer"]) + ["--save-tokenizer", tmp_path / "tok"]
+    prefix = preprocess_with_megatron_flags(tmp_path / "run", docs, flags)
+    config = load_config(TINY, [f"data.paths=[{prefix}]", f"data.tokenizer={tmp_path / 'tok'}",
+                                "data.eod_mask_loss=true", "data.seq_length=32", "data.split=100,0,0",
+                                f"data.cache_dir={tmp_path / 'cache'}"])
+    config.model.vocab_size = None
+    info = tokenizer_info(config)
+    assert (info.eod, info.vocab_size) == (reference["eod"], reference["vocab_size"])
+    train, _ = build_datasets(config, 4, info)
+    masked = eods = 0
+    for index in range(len(train)):
+        sample = train[index]
+        is_eod = np.asarray(sample["tokens"]) == reference["eod"]
+        assert np.array_equal(np.asarray(sample["loss_mask"]) == 0, is_eod)
+        masked, eods = masked + int((np.asarray(sample["loss_mask"]) == 0).sum()), eods + int(is_eod.sum())
+    assert masked == eods > 0
+    # The legacy system's EOD (the added <EOD>) is another id: a trainer using it would mask nothing here.
+    legacy_eod = reference["vocab_size"] + 2
+    assert not any((np.asarray(train[i]["tokens"]) == legacy_eod).any() for i in range(len(train)))
+    with pytest.raises(UsageError, match="legacy SentencePieceTokenizer"):
+        preprocess_with_megatron_flags(tmp_path / "legacy", docs, flags, legacy=True)
 
 
 def fuzz_texts(seed: int, count: int) -> list[str]:
@@ -186,9 +322,10 @@ def test_megatron_tokenizer_manifest_values(llama_like_model):
 
     processor = sentencepiece.SentencePieceProcessor(model_file=llama_like_model)
     size = processor.get_piece_size()
-    tokenizer = load_megatron_tokenizer("SentencePieceTokenizer", llama_like_model)
-    assert (tokenizer.vocab_size, tokenizer.eod_id) == (size + 5, size + 2)  # CLS SEP EOD MASK PAD added
-    assert tokenizer.bos_id == processor.bos_id() and tokenizer.pad_id == size + 4
-    gpt = load_megatron_tokenizer("GPTSentencePieceTokenizer", llama_like_model)
-    assert (gpt.vocab_size, gpt.eod_id) == (size, processor.eos_id())
-    assert json.loads(json.dumps(gpt.manifest()))["kind"] == "sentencepiece"
+    legacy = load_megatron_tokenizer("SentencePieceTokenizer", llama_like_model, legacy=True)
+    assert (legacy.vocab_size, legacy.eod_id) == (size + 5, size + 2)  # CLS SEP EOD MASK PAD added
+    assert legacy.bos_id == processor.bos_id() and legacy.pad_id == size + 4
+    for tokenizer_type in ("SentencePieceTokenizer", "GPTSentencePieceTokenizer"):
+        tokenizer = load_megatron_tokenizer(tokenizer_type, llama_like_model)
+        assert (tokenizer.vocab_size, tokenizer.eod_id) == (size, processor.eos_id())
+        assert json.loads(json.dumps(tokenizer.manifest()))["kind"] == "sentencepiece"

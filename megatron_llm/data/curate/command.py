@@ -12,6 +12,8 @@ from megatron_llm.data.curate.pipeline.plan import establish_plan, make_plan, st
 from megatron_llm.data.curate.pipeline.runner import Shard, Workers, log, run_all, run_one_step
 from megatron_llm.data.readers import expand_inputs
 from megatron_llm.errors import UsageError
+from megatron_llm.runtime.disk import output_error
+from megatron_llm.runtime.run_lock import RunLock
 
 EPILOG = """\
 steps: the stage list is cut at each dedup stage into map steps (one unit per input file), bucket
@@ -74,6 +76,26 @@ def main(argv: list[str]) -> int:
         raise UsageError(f"--workers: must be >= 1, got {args.workers}")
     shard = Shard.parse(args.shard) if args.shard else None
     inputs = expand_inputs(patterns)
+    try:
+        with _output_lock(args.output, shard, args.step):
+            return _run(args, config, inputs, shard)
+    except OSError as error:
+        problem = output_error(error, f"the curated output under {args.output}")
+        if problem is None or (error.filename and not str(error.filename).startswith(str(args.output))):
+            raise
+        raise problem from error
+
+
+def _output_lock(output: str, shard: Shard | None, step: str | None) -> RunLock:
+    """One run per output directory; with --shard I/N (SLURM array tasks share the directory) or --step,
+    one process per (step, shard)."""
+    if shard is None and step is None:
+        return RunLock(os.path.join(output, ".curate.lock"), "curate run")
+    name = f".curate.{step or 'all'}.{shard.index}-of-{shard.count}.lock" if shard else f".curate.{step}.lock"
+    return RunLock(os.path.join(output, name), f"curate run ({step or 'all steps'}, shard {shard or 'all'})")
+
+
+def _run(args: argparse.Namespace, config, inputs: list, shard: Shard | None) -> int:
     layout = Layout(args.output, len(inputs))
     plan = make_plan(config, inputs)
     steps = steps_of(config)

@@ -8,13 +8,14 @@ from typing import Any
 
 import yaml
 
-from megatron_llm.data.curate.stages.base import DocStage
-from megatron_llm.data.curate.stages.dedup import ExactDedupParams, MinhashDedupParams
+from megatron_llm.data.curate.stages.dedup import ExactDedupParams, MinhashDedupParams, SimhashDedupParams
 from megatron_llm.data.curate.stages.language import LanguageParams, LanguageStage
 from megatron_llm.data.curate.stages.normalize import NormalizeParams, NormalizeStage
-from megatron_llm.data.curate.stages.params import ParamError, as_dict, from_mapping
+from megatron_llm.data.curate.stages.options import ParamError, as_dict, from_mapping
 from megatron_llm.data.curate.stages.pii import PiiParams, PiiStage
 from megatron_llm.data.curate.stages.quality import QualityParams, QualityStage
+from megatron_llm.data.curate.stages.stage import DocStage
+from megatron_llm.data.curate.stages.toxicity import ToxicityParams, ToxicityStage, toxicity_terms
 from megatron_llm.data.curate.stages.wordlist import WordlistParams, WordlistStage, load_terms
 from megatron_llm.errors import UsageError
 
@@ -22,10 +23,12 @@ STAGE_PARAMS: dict[str, type] = {
     "normalize": NormalizeParams,
     "exact_dedup": ExactDedupParams,
     "minhash_dedup": MinhashDedupParams,
+    "simhash_dedup": SimhashDedupParams,
     "quality": QualityParams,
     "language": LanguageParams,
     "pii": PiiParams,
     "wordlist": WordlistParams,
+    "toxicity": ToxicityParams,
 }
 DOC_STAGES: dict[str, type] = {
     "normalize": NormalizeStage,
@@ -33,7 +36,7 @@ DOC_STAGES: dict[str, type] = {
     "language": LanguageStage,
     "pii": PiiStage,
 }
-DEDUP_STAGES = frozenset({"exact_dedup", "minhash_dedup"})
+DEDUP_STAGES = frozenset({"exact_dedup", "minhash_dedup", "simhash_dedup"})
 TOP_LEVEL_KEYS = ("text_key", "stages")
 
 
@@ -63,6 +66,9 @@ class CurateConfig:
         data = self.resolved()
         data["wordlists"] = {
             s.label: sorted(load_terms(s.params, self.base_dir)) for s in self.stages if s.name == "wordlist"
+        }
+        data["toxicity_terms"] = {
+            s.label: sorted(toxicity_terms(s.params, self.base_dir)) for s in self.stages if s.name == "toxicity"
         }
         return data
 
@@ -100,11 +106,11 @@ def parse_config(data: Any, source: str, base_dir: Path) -> CurateConfig:
         stages.append(StageSpec(name, label, params))
     config = CurateConfig(text_key, stages, base_dir)
     for i, spec in enumerate(stages):
-        if spec.name == "wordlist":
+        if spec.name in ("wordlist", "toxicity"):
             try:
-                load_terms(spec.params, base_dir)
+                (load_terms if spec.name == "wordlist" else toxicity_terms)(spec.params, base_dir)
             except ParamError as error:
-                raise UsageError(f"{source}: stages[{i}].wordlist.{error.field}: {error.message}") from error
+                raise UsageError(f"{source}: stages[{i}].{spec.name}.{error.field}: {error.message}") from error
     return config
 
 
@@ -128,4 +134,6 @@ def build_doc_stage(spec: StageSpec, base_dir: Path) -> DocStage:
     """The runnable stage for a per-document StageSpec (language ID loads its model here)."""
     if spec.name == "wordlist":
         return WordlistStage(spec.label, spec.params, base_dir)
+    if spec.name == "toxicity":
+        return ToxicityStage(spec.label, spec.params, base_dir)
     return DOC_STAGES[spec.name](spec.label, spec.params)

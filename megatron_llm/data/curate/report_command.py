@@ -156,7 +156,7 @@ def render(summary: dict, parts: list[dict], rows: list[dict], problems: list[st
     return "\n".join(out)
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megatron-llm curate-report",
         description="What a curate run kept and removed, by stage, reason and input file.",
@@ -164,7 +164,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("output", help="the --output directory of a finished curate run")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-count", action="store_true", help="skip counting lines of the output files")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     summary, parts, layout = load_run(Path(args.output))
     rows = stage_table(stage_labels(summary["config"]), parts)
     problems = reconcile(parts, layout, check_files=not args.no_count)

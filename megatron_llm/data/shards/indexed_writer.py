@@ -107,6 +107,7 @@ class IndexedDatasetWriter:
         self._lengths = _Spill(temporary_path(self.prefix + ".lengths"), np.int32)
         self._docs = _Spill(temporary_path(self.prefix + ".docs"), np.int64)
         self.tokens = 0
+        self.id_range: tuple[int, int] | None = None
         self._finished = False
 
     @property
@@ -123,8 +124,11 @@ class IndexedDatasetWriter:
         """Append documents: their tokens back to back, each sequence's length, and each document's
         number of sequences (0 for an empty document, which still gets a document-index entry)."""
         tokens = np.asarray(tokens)
-        if tokens.size and self.dtype == np.uint16 and (tokens.min() < 0 or tokens.max() > 0xFFFF):
-            raise UsageError(f"token id {int(tokens.max())} does not fit the dataset's dtype uint16")
+        if tokens.size:
+            low, high = int(tokens.min()), int(tokens.max())
+            if self.dtype == np.uint16 and (low < 0 or high > 0xFFFF):
+                raise UsageError(f"token id {high} does not fit the dataset's dtype uint16")
+            self._widen((low, high))
         self._bin.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
         self.tokens += int(tokens.size)
         start = self._lengths.count
@@ -145,7 +149,18 @@ class IndexedDatasetWriter:
         with open(f"{prefix}.bin", "rb") as stream:
             shutil.copyfileobj(stream, self._bin, 16 << 20)
         self.tokens += int(index.token_count)
+        from megatron_llm.data.shards.checks import token_id_range
+
+        self._widen(token_id_range(str(prefix), index))
         del index
+
+    def _widen(self, id_range: tuple[int, int] | None) -> None:
+        if id_range is None:
+            return
+        if self.id_range is None:
+            self.id_range = id_range
+        else:
+            self.id_range = (min(self.id_range[0], id_range[0]), max(self.id_range[1], id_range[1]))
 
     def finish(self) -> None:
         """Write the index and move both files to their final names (`.bin` first, then `.idx`)."""
@@ -172,8 +187,14 @@ class IndexedDatasetWriter:
         final_bin, final_idx = self.prefix + ".bin", self.prefix + ".idx"
         if os.path.exists(final_idx):
             os.unlink(final_idx)
+        stats = final_bin[:-4] + ".stats.json"
+        if os.path.exists(stats):
+            os.unlink(stats)
         os.replace(self._bin_tmp, final_bin)
         os.replace(self._idx_tmp, final_idx)
+        from megatron_llm.data.shards.checks import write_stats
+
+        write_stats(self.prefix, self.id_range)
         self._lengths.remove()
         self._docs.remove()
         self._finished = True

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_llm.data.readers import file_kind, open_binary
+from megatron_llm.data.readers import compression_of, file_kind, open_binary
 
 CHUNK_BYTES = 4 << 20
 TEXT_CHUNK_FILES = 256
@@ -65,7 +65,7 @@ def plan_sources(files: list[Path], shard_index: int = 0, num_shards: int = 1, t
     offset = 0
     for index, (path, size) in enumerate(zip(files, sizes)):
         kind = _record_kind(path, text_unit)
-        if kind in ("jsonl", "lines") and not str(path).lower().endswith((".gz", ".zst")):
+        if kind in ("jsonl", "lines") and compression_of(path) is None:
             start, end = max(low - offset, 0), min(high - offset, size)
             if start < end:
                 sources.append(Source(index, path, kind, start, end))

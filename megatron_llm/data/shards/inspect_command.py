@@ -1,7 +1,8 @@
 """`megatron-llm inspect-data PREFIX`: check an indexed dataset and summarise it; `--decode N` shows documents.
 
-The checks are those a reader relies on: header, sizes, sequence pointers equal to the running sum of
-lengths, document indices rising from 0 to the sequence count. A failed check exits 2 naming the file.
+The checks (`checks.py`, shared with merge-shards and train) are those a reader relies on: header, sizes,
+sequence pointers equal to the running sum of lengths, document indices rising from 0 to the sequence
+count. A failed check exits 2 naming the file.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ import sys
 
 import numpy as np
 
+from megatron_llm.data.shards.checks import token_id_range, validate
 from megatron_llm.data.shards.indexed_writer import IndexInfo, read_index
-from megatron_llm.errors import UsageError
-
-_BLOCK = 1 << 22
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,33 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer-type", help="or Megatron-LM's tokenizer flags")
     parser.add_argument("--tokenizer-model")
     return parser
-
-
-def validate(prefix: str, index: IndexInfo) -> None:
-    """UsageError naming the file when the pair is not a consistent dataset."""
-    bin_path = f"{prefix}.bin"
-    if not os.path.exists(bin_path):
-        raise UsageError(f"{bin_path}: no such file")
-    itemsize = index.dtype.itemsize
-    expected = index.token_count * itemsize
-    if os.path.getsize(bin_path) != expected:
-        raise UsageError(f"{bin_path}: {os.path.getsize(bin_path)} bytes, the index describes {expected}")
-    if (index.sequence_lengths < 0).any():
-        raise UsageError(f"{index.path}: negative sequence length")
-    carry = 0
-    for start in range(0, index.sequence_count, _BLOCK):
-        lengths = index.sequence_lengths[start : start + _BLOCK].astype(np.int64) * itemsize
-        pointers = carry + np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        if not np.array_equal(pointers, index.sequence_pointers[start : start + _BLOCK]):
-            raise UsageError(f"{index.path}: sequence pointers do not match the lengths near sequence {start}")
-        carry += int(lengths.sum())
-    documents = index.document_indices
-    if len(documents) == 0 or documents[0] != 0 or documents[-1] != index.sequence_count:
-        raise UsageError(f"{index.path}: document indices must run from 0 to {index.sequence_count}")
-    for start in range(0, len(documents), _BLOCK):
-        block = documents[start : start + _BLOCK + 1]
-        if (np.diff(block) < 0).any():
-            raise UsageError(f"{index.path}: document indices decrease near document {start}")
 
 
 def document_tokens(index: IndexInfo) -> np.ndarray:
@@ -78,6 +50,9 @@ def describe(prefix: str, index: IndexInfo) -> str:
             f"min {per_doc.min()}  median {int(np.median(per_doc))}  mean {per_doc.mean():.1f}  max {per_doc.max()}"
         )
         lines.append(f"empty docs   {int((per_doc == 0).sum())}")
+    id_range = token_id_range(prefix, index)
+    if id_range is not None:
+        lines.append(f"token ids    {id_range[0]} .. {id_range[1]}")
     return "\n".join(lines)
 
 

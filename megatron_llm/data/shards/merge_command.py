@@ -14,11 +14,13 @@ import re
 import sys
 import time
 
+from megatron_llm.data.shards.checks import STATS_SUFFIX, check_dataset
 from megatron_llm.data.shards.indexed_writer import IndexedDatasetWriter, dataset_prefixes, read_index
 from megatron_llm.errors import UsageError
 
 _NUMBER = re.compile(r"(\d+)")
 _TEMPORARY = re.compile(r"\.tmp\d+$")
+_SIDECARS = (STATS_SUFFIX, ".lock")
 
 
 def natural_key(name: str) -> list:
@@ -39,7 +41,7 @@ def _expand(patterns: list[str]) -> list[str]:
     paths: list[str] = []
     for pattern in patterns:
         matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-        matches = [path for path in matches if not _TEMPORARY.search(path)]
+        matches = [path for path in matches if not _TEMPORARY.search(path) and not path.endswith(_SIDECARS)]
         if not matches:
             raise UsageError(f"--inputs {pattern!r}: matches no file")
         paths += matches
@@ -73,7 +75,7 @@ def group_inputs(prefixes: list[str], output: str, keys: list[str]) -> dict[str,
 
 def merge(inputs: list[str], output: str) -> tuple[int, int, int]:
     """Write `output` from `inputs` in order; returns (documents, sequences, tokens)."""
-    dtypes = {str(read_index(prefix).dtype) for prefix in inputs}
+    dtypes = {check_dataset(prefix).dtype for prefix in inputs}
     if len(dtypes) > 1:
         raise UsageError(f"inputs of {output} have different token dtypes ({', '.join(sorted(dtypes))})")
     with IndexedDatasetWriter(output, read_index(inputs[0]).dtype.type) as writer:

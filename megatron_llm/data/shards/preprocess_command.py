@@ -30,6 +30,8 @@ from megatron_llm.data.shards.worker import (
 )
 from megatron_llm.data.tokenizers.tokenizer import Tokenizer, load_tokenizer
 from megatron_llm.errors import UsageError, located
+from megatron_llm.runtime.disk import output_error
+from megatron_llm.runtime.run_lock import RunLock
 
 IGNORED_MEGATRON_FLAGS = ("--log-interval", "--partitions", "--lang", "--dataset-impl", "--vocab-size")
 
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--tokenizer-model", help="SentencePiece .model file or Hugging Face directory")
     source.add_argument("--vocab-file", help="GPT2BPETokenizer vocab.json")
     source.add_argument("--merge-file", help="GPT2BPETokenizer merges.txt")
+    source.add_argument("--legacy-tokenizer", action="store_true",
+                        help="ids of Megatron-LM's --legacy-tokenizer (megatron.training.tokenizer)")
+    source.add_argument("--save-tokenizer", metavar="DIR", help="also write the tokenizer as a tokenizer directory "
+                        "(for data.tokenizer: training then uses its vocabulary size and EOD id)")
     parser.add_argument("--json-keys", nargs="+", default=["text"], help="keys to tokenize (default: text)")
     parser.add_argument("--append-eod", action="store_true", help="end every non-empty document with EOD")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizing processes")
@@ -54,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-shards", type=int, default=1, help="how many runs share the input")
     parser.add_argument(
         "--on-error", choices=("stop", "skip"), default="stop", help="stop at a malformed line, or skip and count"
+    )
+    parser.add_argument(
+        "--max-skipped-fraction", type=float, default=0.9, metavar="F",
+        help="with --on-error skip: fail when more than this fraction of all lines is skipped (default 0.9); "
+        "a file whose every line is skipped always fails",
     )
     parser.add_argument(
         "--text-unit", choices=("file", "line"), default="file", help=".txt inputs: one document per file or line"
@@ -76,7 +87,8 @@ def resolve_tokenizer(args: argparse.Namespace) -> Tokenizer:
         raise UsageError("--tokenizer DIR (or Megatron-LM's --tokenizer-type and --tokenizer-model) is required")
     from megatron_llm.data.tokenizers.megatron_flags import load_megatron_tokenizer
 
-    return load_megatron_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_file, args.merge_file)
+    return load_megatron_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_file, args.merge_file,
+                                   legacy=args.legacy_tokenizer)
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -86,6 +98,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--workers: must be at least 1, got {args.workers}")
     if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
         raise UsageError(f"--shard-index {args.shard_index} --num-shards {args.num_shards}: need 0 <= I < N")
+    if not 0.0 <= args.max_skipped_fraction <= 1.0:
+        raise UsageError(f"--max-skipped-fraction: must be between 0 and 1, got {args.max_skipped_fraction}")
     if len(set(args.json_keys)) != len(args.json_keys):
         raise UsageError(f"--json-keys: duplicate key in {args.json_keys}")
 
@@ -98,6 +112,8 @@ class Stats:
     empty: Counter = field(default_factory=Counter)
     tokens: Counter = field(default_factory=Counter)
     input_bytes: int = 0
+    lines_by_source: Counter = field(default_factory=Counter)
+    skipped_by_source: Counter = field(default_factory=Counter)
 
 
 class _WorkerPool:
@@ -155,14 +171,40 @@ def _locate(bad: BadRecord, chunk: Chunk, sources: dict[int, Source]) -> tuple[s
 
 
 def run(args: argparse.Namespace) -> Stats:
-    """Tokenize the input into the output datasets; returns the counts for the summary."""
+    """Tokenize the input into the output datasets; returns the counts for the summary.
+
+    The output prefix is locked for the run (`PREFIX.lock`); a full or read-only output is one line
+    naming the path (exit 2), and the partial output is removed (the writers only ever write temporary
+    files until the end)."""
     _validate(args)
-    with _WorkerPool(args.workers) as pool:
-        return _run(args, pool)
+    try:
+        with RunLock(f"{args.output_prefix}.lock", "preprocess-data run"), _WorkerPool(args.workers) as pool:
+            return _run(args, pool)
+    except OSError as error:
+        problem = output_error(error, f"the tokenized shards {args.output_prefix}_*_document.bin/.idx")
+        if problem is None or (error.filename and not str(error.filename).startswith(str(args.output_prefix))):
+            raise
+        raise problem from error
+
+
+def _check_skips(args: argparse.Namespace, stats: Stats, sources: dict[int, Source]) -> None:
+    """Fail when a file had every line skipped, or more than --max-skipped-fraction of all lines were."""
+    for index, lines in sorted(stats.lines_by_source.items()):
+        if lines and stats.skipped_by_source[index] == lines:
+            raise UsageError(f"{sources[index].path}: all {lines} lines were skipped as malformed (is it the "
+                             "right file, format and --json-keys?)")
+    skipped = sum(stats.skipped.values())
+    if stats.lines and skipped / stats.lines > args.max_skipped_fraction:
+        raise UsageError(f"{skipped} of {stats.lines} lines were skipped as malformed, more than "
+                         f"--max-skipped-fraction {args.max_skipped_fraction}")
 
 
 def _run(args: argparse.Namespace, pool: _WorkerPool) -> Stats:
     tokenizer = resolve_tokenizer(args)
+    if args.save_tokenizer:
+        from megatron_llm.data.tokenizers.megatron_flags import save_megatron_tokenizer
+
+        save_megatron_tokenizer(tokenizer, args.save_tokenizer)
     files = expand_inputs(args.input)
     sources = plan_sources(files, args.shard_index, args.num_shards, args.text_unit)
     dtype = optimal_dtype(tokenizer.vocab_size)
@@ -188,15 +230,29 @@ def _run(args: argparse.Namespace, pool: _WorkerPool) -> Stats:
             stats.lines += result.lines
             stats.documents += result.documents
             stats.skipped.update(bad.reason for bad in result.bad)
+            if chunk.kind != "textfile":
+                stats.lines_by_source[chunk.source] += result.lines
+                stats.skipped_by_source[chunk.source] += len(result.bad)
             stats.input_bytes += chunk.size
             for key, output in result.outputs.items():
                 writers[key].add_documents(output.tokens, output.sequence_lengths, output.sequences_per_document)
                 stats.tokens[key] += int(output.tokens.size)
                 stats.empty[key] += output.empty
             progress.update(chunk.size, stats)
+        if args.on_error == "skip":
+            _check_skips(args, stats, by_index)
         for writer in writers.values():
             writer.finish()
+    _warn_empty(files, stats)
     return stats
+
+
+def _warn_empty(files: list, stats: Stats) -> None:
+    for path in files:
+        if os.path.getsize(path) == 0:
+            print(f"warning: {path} is empty", file=sys.stderr)
+    if stats.documents == 0:
+        print("warning: the output holds no documents", file=sys.stderr)
 
 
 class _progress:

@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     chat_template = Path(args.chat_template).read_text(encoding="utf-8") if args.chat_template else None
     baseline = None
     if args.baseline:
-        from megatron_llm.data.tokenizers.report import load_any_tokenizer
+        from megatron_llm.data.tokenizers.fertility_report import load_any_tokenizer
 
         baseline = load_any_tokenizer(args.baseline)
     start = time.perf_counter()
@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
 
 
 def _report(args, tokenizer, baseline, heldout: list[str]) -> None:
-    from megatron_llm.data.tokenizers.report import fertility, format_report
+    from megatron_llm.data.tokenizers.fertility_report import fertility, format_report
 
     if not heldout:
         print("report: no held-out documents (the corpus is small; raise --heldout-percent)")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -20,16 +22,20 @@ import torch
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing import ShardedObject
 from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_llm.config.loader import config_to_dict
-from megatron_llm.training import faults
+from megatron_llm.errors import UsageError
+from megatron_llm.runtime.disk import free_bytes, output_error
 from megatron_llm.training.checkpoint.format import (
     CheckpointError,
     complete_steps,
     describe_files,
+    directory_size,
     iter_dir,
     rank_files,
     read_metadata,
+    read_tracker,
     resolve_checkpoint,
     shared_files,
     step_of,
@@ -42,6 +48,7 @@ from megatron_llm.training.checkpoint.optimizer_state import (
     tolerant_state_loading,
     untie_adam_steps,
 )
+from megatron_llm.training.checkpoint.safe_pickle import safe_load_strategies
 
 _SHARDING = {
     "distrib_optim_sharding_type": "fully_reshardable",
@@ -170,7 +177,6 @@ def _rank_digests(directory: Path) -> dict:
 
 def _commit(directory: Path, root: Path, step: int, metadata: dict, update_tracker: bool) -> None:
     """Hash each rank's files, write megatron_llm.json and (last) the tracker. All ranks call this."""
-    faults.maybe_inject("during_save", step)
     described = _rank_digests(directory)
     gathered: list = [None] * _world()
     torch.distributed.all_gather_object(gathered, described)
@@ -181,7 +187,6 @@ def _commit(directory: Path, root: Path, step: int, metadata: dict, update_track
         problems = verify_directory(directory, deep=False)
         if not problems and update_tracker:
             write_tracker(root, step)
-    faults.maybe_inject("after_commit", step)
     result = [problems]
     torch.distributed.broadcast_object_list(result, src=0)
     if result[0]:
@@ -199,13 +204,15 @@ def save_checkpoint(
     train_state: dict | None = None,
     train_data: object | None = None,
     async_queue: object | None = None,
-    on_commit: object | None = None,
+    before_commit: Callable[[], None] | None = None,
+    on_commit: Callable[[Path], None] | None = None,
 ) -> Path:
     """Save a checkpoint of `step` under `root`; all ranks call it.
 
     With `async_queue` (a megatron `AsyncCallsQueue`) the shards are written in the background and the
     commit (hashes, metadata, tracker) runs when the queue finalizes the request; otherwise it returns after
-    the commit. `on_commit(path)` runs on every rank after the tracker moved.
+    the commit. `before_commit()` runs on every rank once the shards are written, `on_commit(path)` after
+    the tracker moved.
     """
     root = Path(root)
     directory = iter_dir(root, step)
@@ -215,6 +222,9 @@ def save_checkpoint(
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
     torch.distributed.barrier()
+    for chunk in model:  # overlap_param_gather leaves other ranks' updated shards to the next forward: gather now
+        if getattr(getattr(chunk, "ddp_config", None), "overlap_param_gather", False):
+            chunk.start_param_sync(force_sync=True)
     state: dict = model_sharded_state_dict(model)
     contents = ["model"]
     if optimizer is not None:
@@ -242,13 +252,23 @@ def save_checkpoint(
         "contents": contents,
         "sharding": sharding_metadata(),
     }
+    expected = expected_checkpoint_bytes(root, model, optimizer)
+    warn_if_short_of_space(root, expected, step)
     strategy = get_default_save_sharded_strategy("torch_dist")
-    request = dist_checkpointing.save(state, str(directory), sharded_strategy=strategy,
-                                      async_sharded_save=async_queue is not None,
-                                      content_metadata=sharding_metadata())
+    try:
+        request = dist_checkpointing.save(state, str(directory), sharded_strategy=strategy,
+                                          async_sharded_save=async_queue is not None,
+                                          content_metadata=sharding_metadata())
+    except (Exception, CheckpointException) as exc:  # torch's CheckpointException is a BaseException
+        raise save_failure(exc, root, directory, step, expected) from exc
 
     def finalize() -> None:
-        _commit(directory, root, step, metadata, update_tracker=True)
+        if before_commit is not None:
+            before_commit()
+        try:
+            _commit(directory, root, step, metadata, update_tracker=True)
+        except (OSError, CheckpointException) as exc:
+            raise save_failure(exc, root, directory, step, expected) from exc
         if on_commit is not None:
             on_commit(directory)
 
@@ -259,6 +279,50 @@ def save_checkpoint(
         request.add_finalize_fn(finalize)
         async_queue.schedule_async_request(request)
     return directory
+
+
+def expected_checkpoint_bytes(root: Path, model: list, optimizer: object | None) -> int:
+    """The size the next checkpoint will have: the latest one's, else the parameters' bytes (times three
+    with an optimizer: its two Adam moments), summed over ranks. Every rank calls it."""
+    latest = read_tracker(root) if Path(root).is_dir() else None
+    if latest is not None and iter_dir(root, latest).is_dir():
+        return directory_size(iter_dir(root, latest))
+    local = sum(p.numel() * 4 for chunk in model for p in unwrap(chunk).parameters())
+    local *= 3 if optimizer is not None else 1
+    gathered: list = [None] * _world()
+    torch.distributed.all_gather_object(gathered, local)
+    return int(sum(gathered))
+
+
+def warn_if_short_of_space(root: Path, expected: int, step: int) -> None:
+    """A warning (rank 0) before a save that will not fit on the checkpoint's file system."""
+    if _rank() != 0:
+        return
+    free = free_bytes(root)
+    if free < expected:
+        print(f"warning: {root} has {free / 1e6:.1f} MB free, the checkpoint of step {step} needs about "
+              f"{expected / 1e6:.1f} MB: the save will probably fail (free space or lower checkpoint.keep_last)",
+              file=sys.stderr, flush=True)
+
+
+def save_failure(exc: BaseException, root: Path, directory: Path, step: int, expected: int) -> BaseException:
+    """A one-line CheckpointError when a save failed for want of space or permission (the partial
+    directory is removed; the tracker still names the previous checkpoint); else `exc` itself.
+
+    torch reports a full disk while writing a shard as "enforce fail at inline_container.cc ... unexpected
+    pos" (no errno), so a failure with under 1 MB left on the file system counts as a full disk too."""
+    problem = output_error(exc, f"the checkpoint of step {step}", directory)
+    if problem is None and free_bytes(root) < (1 << 20):
+        problem = UsageError(f"{directory}: no space left on device while writing the checkpoint of step {step}")
+    if problem is None:
+        return exc
+    if _rank() == 0:
+        shutil.rmtree(directory, ignore_errors=True)
+    latest = read_tracker(root)
+    kept = f"the latest complete checkpoint is still {iter_dir(root, latest)}" if latest is not None else \
+        "there is no earlier checkpoint"
+    return CheckpointError(f"{problem} (about {expected / 1e6:.1f} MB needed, {free_bytes(root) / 1e6:.1f} MB "
+                           f"free after removing the partial save); {kept}")
 
 
 def save_model_weights(model_chunks: list, config: object, ckpt_root: Path, step: int = 0) -> Path:
@@ -324,7 +388,9 @@ def load_checkpoint(
     same_layout = metadata.get("layout") == current_layout() and metadata.get("world_size") == _world()
     if full and "rng" in contents and same_layout:
         request[RNG_KEY] = _rng_sharded_object(None)
-    loaded = dist_checkpointing.load(request, str(directory))
+    sharded_strategy, common_strategy = safe_load_strategies()
+    loaded = dist_checkpointing.load(request, str(directory), sharded_strategy=sharded_strategy,
+                                     common_strategy=common_strategy)
     for i, chunk in enumerate(model):
         unwrap(chunk).load_state_dict(loaded[model_key(i, len(model))], strict=True)
     result = {**metadata, "path": str(directory)}

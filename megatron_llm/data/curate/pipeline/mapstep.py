@@ -24,13 +24,13 @@ from megatron_llm.data.curate.pipeline.docio import (
 from megatron_llm.data.curate.pipeline.layout import atomic_file, load_array, read_json, save_array, write_json
 from megatron_llm.data.curate.pipeline.plan import Segment, Step, clusters_step_of
 from megatron_llm.data.curate.pipeline.stats import PartStats, merge_part_stats
-from megatron_llm.data.curate.stages.base import DocStage
 from megatron_llm.data.curate.stages.dedup import ExactKeys, MinhashKeys, keyer_for
+from megatron_llm.data.curate.stages.stage import DocStage
 from megatron_llm.errors import located
 
 KEY_BATCH = 4096
 PROGRESS_EVERY = 256
-DEDUP_REASONS = {"exact_dedup": "duplicate", "minhash_dedup": "near_duplicate"}
+DEDUP_REASONS = {"exact_dedup": "duplicate", "minhash_dedup": "near_duplicate", "simhash_dedup": "near_duplicate"}
 _STAGE_CACHE: dict[tuple[str, int], list[DocStage]] = {}
 
 

@@ -82,7 +82,7 @@ def steps_of(config: CurateConfig) -> list[Step]:
         label = dedup.label
         steps.append(Step(f"{label}.buckets", "buckets", True, dedup=dedup, keys_step=map_name, requires=previous))
         previous = [f"{label}.buckets"]
-        if dedup.name == "minhash_dedup" and dedup.params.verify:
+        if dedup.name in ("minhash_dedup", "simhash_dedup") and dedup.params.verify:
             steps.append(Step(f"{label}.verify", "verify", True, dedup=dedup, keys_step=map_name, requires=previous))
             previous = [f"{label}.verify"]
         steps.append(Step(f"{label}.clusters", "clusters", False, dedup=dedup, keys_step=map_name, requires=previous))

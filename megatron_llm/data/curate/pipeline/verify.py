@@ -1,5 +1,6 @@
-"""The verify step of MinHash dedup, for one input file: keep only candidate edges whose documents' exact
-Jaccard similarity (over the same shingles the signatures used) reaches the threshold.
+"""The verify step of near-dedup, for one input file: keep only candidate edges whose documents are really
+similar (MinHash: exact Jaccard of the shingle sets reaches the threshold; SimHash: fingerprints within the
+Hamming distance).
 
 The documents are read back from the map step's intermediate files by byte offset, so memory holds
 only the documents that appear in this file's candidate edges.
@@ -15,7 +16,7 @@ from megatron_llm.data.curate.pipeline.context import Progress, RunContext
 from megatron_llm.data.curate.pipeline.docio import read_segment_doc
 from megatron_llm.data.curate.pipeline.layout import load_array, save_array
 from megatron_llm.data.curate.pipeline.plan import Step
-from megatron_llm.data.curate.stages.minhash import Shingler, jaccard
+from megatron_llm.data.curate.stages.dedup import keyer_for
 
 
 def _candidate_edges(ctx: RunContext, step: Step, part: int) -> np.ndarray:
@@ -51,16 +52,10 @@ def _texts(ctx: RunContext, step: Step, ids: np.ndarray) -> dict[int, str]:
 
 
 def run_verify(ctx: RunContext, step: Step, part: int, progress: Progress) -> dict:
-    params = step.dedup.params
     edges = _candidate_edges(ctx, step, part)
     ids = np.unique(edges.reshape(-1))
     texts = _texts(ctx, step, ids)
-    ordered = ids.tolist()
-    sets = dict(zip(ordered, Shingler(params.ngram, params.seed).shingle_sets([texts[i] for i in ordered])))
-    keep = np.array(
-        [jaccard(sets[a], sets[b]) >= params.threshold for a, b in zip(edges[0].tolist(), edges[1].tolist())],
-        dtype=bool,
-    )
+    keep = keyer_for(step.dedup).similar(texts, edges)
     verified = edges[:, keep] if edges.shape[1] else edges
     save_array(ctx.layout.edges(step.name, ctx.layout.part(part)), verified)
     progress(1)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from megatron_llm.data.curate.stages.base import DocStage
-from megatron_llm.data.curate.stages.params import require
+from megatron_llm.data.curate.stages.options import require
+from megatron_llm.data.curate.stages.stage import DocStage
 
 
 @dataclass

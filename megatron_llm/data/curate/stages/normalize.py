@@ -6,8 +6,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from megatron_llm.data.curate.stages.base import DocStage
-from megatron_llm.data.curate.stages.params import require
+from megatron_llm.data.curate.stages.options import require
+from megatron_llm.data.curate.stages.stage import DocStage
 
 _FORMS = ("NFC", "NFKC", "NFD", "NFKD")
 _HORIZONTAL_SPACE = re.compile(r"[^\S\n]{2,}|[^\S \n]")

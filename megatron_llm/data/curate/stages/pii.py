@@ -12,8 +12,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from megatron_llm.data.curate.stages.base import DocStage
-from megatron_llm.data.curate.stages.params import require
+from megatron_llm.data.curate.stages.options import require
+from megatron_llm.data.curate.stages.stage import DocStage
 
 PII_TYPES = ("email", "ip_address", "phone_number", "credit_card")
 DEFAULT_PLACEHOLDERS = {

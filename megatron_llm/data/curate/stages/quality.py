@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from megatron_llm.data.curate.stages import gopher
-from megatron_llm.data.curate.stages.base import DocStage
 from megatron_llm.data.curate.stages.c4 import C4Rules, apply_c4
-from megatron_llm.data.curate.stages.params import require
+from megatron_llm.data.curate.stages.options import require
+from megatron_llm.data.curate.stages.stage import DocStage
 
 GOPHER_STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
 

@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_llm.data.curate.stages.base import DocStage
-from megatron_llm.data.curate.stages.params import ParamError, require
+from megatron_llm.data.curate.stages.options import ParamError, require
+from megatron_llm.data.curate.stages.stage import DocStage
 
 _WORD = re.compile(r"\w+")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -82,11 +83,32 @@ def from_mapping(cls: type[T], mapping: Any) -> T:
         if key not in hints:
             raise ParamError(str(key), f"unknown parameter (expected one of: {', '.join(names)})")
         values[key] = coerce(hints[key], value, str(key))
+        check_range(values[key], str(key))
     params = cls(**values)
     check = getattr(params, "check", None)
     if check is not None:
         check()
     return params
+
+
+_FRACTION_NAMES = ("threshold", "min_score")
+
+
+def check_range(value: Any, field: str) -> None:
+    """Every numeric stage parameter is a count, length, threshold, ratio or seed: finite and >= 0; ratios,
+    thresholds and scores are at most 1. Lists and mappings are checked item by item."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            check_range(item, f"{field}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_range(item, f"{field}.{key}")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        require(math.isfinite(value), field, f"must be a finite number, got {value!r}")
+        require(value >= 0, field, f"must be >= 0, got {value!r}")
+        name = field.split(".")[0].split("[")[0]
+        if name.endswith("_ratio") or name in _FRACTION_NAMES:
+            require(value <= 1, field, f"must be between 0 and 1, got {value!r}")
 
 
 def require(condition: bool, field: str, message: str) -> None:

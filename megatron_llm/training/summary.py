@@ -1,4 +1,4 @@
-"""What rank 0 shows a person: the model and layout at start, one progress line while training."""
+"""What rank 0 shows a person at the start of a run: the model, its size and the parallel layout."""
 
 from __future__ import annotations
 
@@ -40,34 +40,3 @@ def describe_model(config: Config, model: list, vocab_size: int) -> str:
         "parameters per rank: " + ", ".join(f"r{rank}={count:,}" for rank, count in enumerate(per_rank)),
     ]
     return "\n".join(lines)
-
-
-class Progress:
-    """A tqdm bar on the logging rank showing the latest loss, validation loss and throughput."""
-
-    def __init__(self, total: int, initial: int, enabled: bool) -> None:
-        self._bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
-        self._postfix: dict[str, str] = {}
-
-    def update(self, record: dict) -> None:
-        if self._bar is None:
-            return
-        if record.get("loss") is not None:
-            self._postfix["loss"] = f"{record['loss']:.4f}"
-        if record.get("val_loss") is not None:
-            self._postfix["val"] = f"{record['val_loss']:.4f}"
-        if record.get("tokens_per_s") is not None:
-            self._postfix["tok/s"] = f"{record['tokens_per_s']:.0f}"
-        self._bar.set_postfix(self._postfix, refresh=False)
-
-    def advance(self) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()

@@ -1,0 +1,32 @@
+"""TensorBoard event files in `RUN_DIR/tensorboard/`: the numeric values of every record, by step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from megatron_llm.training.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from megatron_llm.training.loop import Trainer
+
+
+def tag(key: str) -> str:
+    return "valid/loss" if key == "val_loss" else f"train/{key}"
+
+
+class TensorBoardMetrics(Callback):
+    def __init__(self, run_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def on_log(self, trainer: Trainer, record: dict) -> None:
+        step = record["step"]
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(tag(key), value, step)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self._writer.flush()
+        self._writer.close()
