@@ -42,7 +42,7 @@ def main() -> int:
     from megatron_llm.config.loader import load_config
     from megatron_llm.model.builder import build_model_chunks
     from megatron_llm.runtime.distributed import destroy_distributed, init_distributed
-    from megatron_llm.runtime.platform import detect_platform
+    from megatron_llm.runtime.hardware import detect_platform
     from megatron_llm.training.checkpoint.save_load import load_checkpoint, save_checkpoint
 
     root = Path(args.dir)

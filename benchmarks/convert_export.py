@@ -30,7 +30,7 @@ def make_checkpoint(config_path: Path, root: Path) -> None:
     from megatron_llm.config import load_config
     from megatron_llm.model.builder import build_model_chunks
     from megatron_llm.runtime.distributed import destroy_distributed, init_distributed
-    from megatron_llm.runtime.platform import detect_platform
+    from megatron_llm.runtime.hardware import detect_platform
     from megatron_llm.training.checkpoint.save_load import save_model_weights
 
     layout = ["parallel.tensor=1", "parallel.pipeline=1", "parallel.distributed_optimizer=false", "data.tokenizer=",

@@ -68,7 +68,7 @@ def _launch(args: argparse.Namespace, argv: list[str], visible: int) -> int:
     from megatron_llm.config.loader import load_config
     from megatron_llm.config.validation import validate
     from megatron_llm.runtime.gpu_env import apply_recipe_environment
-    from megatron_llm.runtime.platform import detect_platform
+    from megatron_llm.runtime.hardware import detect_platform
 
     gpus = args.gpus or visible
     if gpus > visible:

@@ -66,9 +66,10 @@ def main() -> None:
             "logging.wandb={mode: offline}", f"logging.mlflow={{tracking_uri: {url}}}"])
         # Data position is on in both (every run has it); the rest is what `monitored` adds.
         extra = [c for c in optional_callbacks(monitored) if type(c).__name__ != "DataPosition"]
-        forward = Forward(extra)
-        trainer.callbacks.append(forward)
-        for callback in extra:
+        forward, base = Forward(extra), Forward(trainer.callbacks)
+        base.enabled = True
+        trainer.callbacks = [base, forward]  # start and end once for the whole benchmark, not once per round
+        for callback in base.callbacks + extra:
             callback.on_train_start(trainer)
         steps(trainer, args.steps)  # warm-up
         off, on = [], []
@@ -77,7 +78,7 @@ def main() -> None:
             off.append(steps(trainer, args.steps))
             forward.enabled = True
             on.append(steps(trainer, args.steps))
-        for callback in extra:
+        for callback in base.callbacks + extra:
             callback.on_train_end(trainer)
         failed = [c.name for c in extra if getattr(c, "failed", None)]
     off_median, on_median = statistics.median(off), statistics.median(on)

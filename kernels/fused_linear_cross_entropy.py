@@ -154,10 +154,12 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         loss = (lse - target_logit + z_loss * lse * lse) * keep
         ctx.save_for_backward(hidden, weight, target, keep, lse)
         ctx.settings = (vocab_start, valid_vocab, z_loss, chunks, use_triton)
-        return loss
+        lse_out = lse.detach().clone()
+        ctx.mark_non_differentiable(lse_out)
+        return loss, lse_out
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx, grad_loss, _grad_lse):
         hidden, weight, target, keep, lse = ctx.saved_tensors
         vocab_start, valid_vocab, z_loss, chunks, use_triton = ctx.settings
         grad = (grad_loss.float() * keep).contiguous()
@@ -195,8 +197,10 @@ def fused_linear_cross_entropy(
     group: dist.ProcessGroup | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     backend: str = "auto",
-) -> torch.Tensor:
-    """Per-token cross-entropy of `hidden @ weight^T` against `target`, in FP32, shaped like `target`.
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy of `hidden @ weight^T` against `target`, in FP32, shaped like `target`
+    (with `return_lse`, also each token's log-sum-exp over the whole vocabulary, without gradient).
 
     hidden: [..., H]; weight: this rank's vocabulary shard [V_local, H], rows `vocab_start ...` of the
     (padded) vocabulary; target: global token ids, shaped like hidden without its last dimension.
@@ -219,8 +223,10 @@ def fused_linear_cross_entropy(
     keep = flat_target != ignore_index
     if loss_mask is not None:
         keep = keep & (loss_mask.reshape(-1) != 0)
-    loss = _FusedLinearCrossEntropy.apply(
+    loss, lse = _FusedLinearCrossEntropy.apply(
         hidden.reshape(-1, hidden.shape[-1]).contiguous(), weight.contiguous(), flat_target, keep.float(),
         vocab_start, valid_vocab, float(z_loss), chunk_elements, use_triton, group,
     )
+    if return_lse:
+        return loss.view(target.shape), lse.view(target.shape)
     return loss.view(target.shape)

@@ -402,6 +402,14 @@ class LoggingConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """Benchmarks run during training on the training ranks (no export); see evaluation/benchmark_runner.py."""
+
+    tasks: list = field(default_factory=list)
+    """[{task, data, every}, ...], e.g. {task: arc, data: DIR, every: 500}; optional limit, num_fewshot, split."""
+
+
+@dataclass
 class Config:
     """A whole run: one YAML mapping per section."""
 
@@ -428,3 +436,6 @@ class Config:
 
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Metrics, TensorBoard, MFU and the progress bar."""
+
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    """Benchmarks at intervals during training, logged to every metrics writer; never changes training."""

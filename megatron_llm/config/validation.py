@@ -9,10 +9,10 @@ from megatron_llm.config.fields import choice_fields, describe_type, literal_cho
 from megatron_llm.config.schema import Config, ModelConfig, PrecisionConfig
 from megatron_llm.config.stage_specs import parse_stages
 from megatron_llm.errors import UsageError
-from megatron_llm.runtime.platform import Platform
+from megatron_llm.runtime.hardware import Platform
 
 if TYPE_CHECKING:
-    from megatron_llm.planning.stages import PipelineSplit
+    from megatron_llm.planning.layer_split import PipelineSplit
 
 # Read from the schema's Literal annotations (other commands check these two without a full validation).
 DTYPES: tuple[str, ...] = literal_choices(typing.get_type_hints(PrecisionConfig)["dtype"])
@@ -30,7 +30,7 @@ def choice_problems(config: Config) -> list[str]:
 
 def pipeline_split(config: Config) -> PipelineSplit:
     """The config's layer split over pipeline stages (all fields unset: megatron-core's even split)."""
-    from megatron_llm.planning.stages import PipelineSplit  # planning imports this module: import when called
+    from megatron_llm.planning.layer_split import PipelineSplit  # planning imports this module: import when called
 
     p = config.parallel
     return PipelineSplit(account_for_embedding=p.account_for_embedding, account_for_loss=p.account_for_loss,
@@ -40,7 +40,7 @@ def pipeline_split(config: Config) -> PipelineSplit:
 def split_problems(config: Config) -> list[str]:
     """megatron-core's rules for splitting the layers over pipeline (and virtual pipeline) stages.
 
-    The decision is `planning.stages.split_problem`, the same function the planner uses; every message starts
+    The decision is `planning.layer_split.split_problem`, the same function the planner uses; every message starts
     with `model.num_layers=` (the planner replaces these when it tries other splits)."""
     m, p = config.model, config.parallel
     split = pipeline_split(config)
@@ -50,7 +50,7 @@ def split_problems(config: Config) -> list[str]:
             return [f"model.num_layers={m.num_layers} is not divisible by parallel.pipeline x "
                     f"parallel.virtual_pipeline = {p.pipeline} x {p.virtual_pipeline or 1}"]
         return []
-    from megatron_llm.planning.stages import split_problem
+    from megatron_llm.planning.layer_split import split_problem
 
     issue = split_problem(m.num_layers, p.pipeline, p.virtual_pipeline, split)
     if issue is None:

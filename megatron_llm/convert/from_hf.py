@@ -127,7 +127,7 @@ def _rank_main(rank: int, world: int, port: int, hf_dir: str, config_dict: dict,
     from megatron_llm.config.loader import config_from_dict
     from megatron_llm.model.builder import build_model_chunks
     from megatron_llm.runtime.distributed import destroy_distributed, init_distributed
-    from megatron_llm.runtime.platform import detect_platform
+    from megatron_llm.runtime.hardware import detect_platform
     from megatron_llm.training.checkpoint.save_load import save_model_weights
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),

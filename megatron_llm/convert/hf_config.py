@@ -19,7 +19,8 @@ import torch
 from megatron_llm.config.schema import ModelConfig
 from megatron_llm.errors import UsageError
 
-SUPPORTED = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+SUPPORTED = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+             "qwen3": "Qwen3ForCausalLM"}
 LLAMA3_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 _TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -36,7 +37,7 @@ def hf_config_dict(model: ModelConfig, vocab_size: int, dtype: str, special: dic
     if model.rope_scaling == "llama3":
         rope = {"rope_type": "llama3", "rope_theta": rope_theta(model), "factor": float(model.rope_scaling_factor),
                 **LLAMA3_FIXED}
-    model_type = "qwen2" if model.add_qkv_bias else "llama"
+    model_type = "qwen3" if model.qk_norm else "qwen2" if model.add_qkv_bias else "llama"
     config: dict[str, Any] = {
         "architectures": [SUPPORTED[model_type]],
         "model_type": model_type,
@@ -62,6 +63,9 @@ def hf_config_dict(model: ModelConfig, vocab_size: int, dtype: str, special: dic
     }
     if model_type == "llama":
         config.update(attention_bias=False, mlp_bias=False)
+    elif model_type == "qwen3":
+        config.update(attention_bias=False, use_sliding_window=False, sliding_window=None,
+                      max_window_layers=model.num_layers, layer_types=["full_attention"] * model.num_layers)
     else:
         config.update(use_sliding_window=False, sliding_window=None, max_window_layers=model.num_layers,
                       layer_types=["full_attention"] * model.num_layers)
@@ -142,6 +146,7 @@ def model_config_from_hf(raw: dict[str, Any], where: str = "config.json") -> Mod
         norm_epsilon=float(raw.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
         add_qkv_bias=model_type == "qwen2",
+        qk_norm=model_type == "qwen3",
         init_method_std=float(raw.get("initializer_range", 0.02)),
     )
 

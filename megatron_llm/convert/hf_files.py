@@ -50,7 +50,10 @@ class SafetensorsReader:
             path = self.dir / file
             if not path.is_file():
                 raise UsageError(f"{path}: missing (listed in {INDEX} for {name!r})")
-            self._files[file] = safe_open(path, framework="pt")
+            try:
+                self._files[file] = safe_open(path, framework="pt")
+            except Exception as exc:  # safetensors' SafetensorError: a truncated or corrupt file
+                raise UsageError(f"{path}: not a readable safetensors file ({exc})") from None
         return self._files[file]
 
     def get(self, name: str) -> torch.Tensor:

@@ -137,6 +137,17 @@ QWEN2 = LLAMA.variant("qwen2", QKV("decoder.layers.*.self_attention.linear_qkv.b
                                    k=_L + "self_attn.k_proj.bias", v=_L + "self_attn.v_proj.bias", columns=()))
 
 
+QWEN3 = LLAMA.variant(
+    "qwen3",
+    Direct("decoder.layers.*.self_attention.q_layernorm.weight", _L + "self_attn.q_norm.weight", ("head_dim",)),
+    Direct("decoder.layers.*.self_attention.k_layernorm.weight", _L + "self_attn.k_norm.weight", ("head_dim",)),
+)
+
+
 def table_for(model: ModelConfig) -> Table:
-    """The weight map of a model (Mistral uses Llama's)."""
+    """The weight map of a model (Mistral uses Llama's; QK-norm is Qwen3's)."""
+    if model.qk_norm and model.add_qkv_bias:
+        raise UsageError("model.qk_norm with model.add_qkv_bias has no Hugging Face architecture to export to")
+    if model.qk_norm:
+        return QWEN3
     return QWEN2 if model.add_qkv_bias else LLAMA

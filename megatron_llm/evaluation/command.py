@@ -122,7 +122,7 @@ def _classic_inputs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def _options(args: argparse.Namespace, hide: list[str]):
-    from megatron_llm.evaluation.runner import TaskOptions
+    from megatron_llm.evaluation.benchmark_runner import TaskOptions
 
     try:
         ks = [int(k) for k in args.pass_k.split(",") if k.strip()]
@@ -161,10 +161,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     import torch
 
     from megatron_llm.evaluation import multiple_choice, perplexity
+    from megatron_llm.evaluation.benchmark_runner import TASKS as BENCHMARKS
+    from megatron_llm.evaluation.benchmark_runner import run_task
     from megatron_llm.evaluation.loading import load_for_inference
     from megatron_llm.evaluation.native import NativeModel
-    from megatron_llm.evaluation.runner import TASKS as BENCHMARKS
-    from megatron_llm.evaluation.runner import run_task
     from megatron_llm.evaluation.scoring import pad_sequence, score_samples
 
     task_files, shards = _classic_inputs(args)

@@ -12,6 +12,13 @@ import os
 import sys
 
 
+def build_parser():
+    """The harness's own parser (`megatron-llm lm-eval --help` shows its options)."""
+    from lm_eval._cli import HarnessCLI
+
+    return HarnessCLI()._parser
+
+
 def main(argv: list[str]) -> int:
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging

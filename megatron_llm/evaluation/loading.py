@@ -61,7 +61,7 @@ def load_for_inference(checkpoint: str | Path, overrides: list[str] = (), tokeni
     from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
     from megatron_llm.model.builder import build_model_chunks
     from megatron_llm.runtime.distributed import init_distributed, process_info, set_seeds
-    from megatron_llm.runtime.platform import detect_platform
+    from megatron_llm.runtime.hardware import detect_platform
     from megatron_llm.training.checkpoint.save_load import load_model_weights
 
     config, metadata = checkpoint_config(checkpoint, list(overrides))

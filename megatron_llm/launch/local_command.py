@@ -41,15 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_train_layout(argv: list[str], world_size: int, what: str) -> None:
-    """Reject a `train` config whose parallel layout does not fit `world_size` processes (`what` says why)."""
+    """Reject a `train` config that is invalid, or whose layout does not fit `world_size` processes (`what`
+    says why), before torchrun starts: torchrun would report the ranks' exit 2 as its own exit 1."""
     from megatron_llm.config.loader import load_config
-    from megatron_llm.config.validation import layout_problems
+    from megatron_llm.config.validation import config_problems, layout_problems, ramp_problems
     from megatron_llm.training.command import build_parser as train_parser
 
     args, _ = train_parser().parse_known_args(argv)
-    problems = layout_problems(load_config(args.config, args.overrides), world_size)
+    config = load_config(args.config, args.overrides)
+    layout = layout_problems(config, world_size) + ramp_problems(config, world_size)
+    if layout:
+        raise UsageError(f"the layout does not fit {what}: " + "; ".join(layout))
+    problems = [] if args.stage else config_problems(config)
     if problems:
-        raise UsageError(f"the layout does not fit {what}: " + "; ".join(problems))
+        raise UsageError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
 def recipe_environment_for(argv: list[str]) -> dict[str, str]:
@@ -57,7 +62,7 @@ def recipe_environment_for(argv: list[str]) -> dict[str, str]:
     torchrun and its workers inherit; nothing on a machine without CUDA. Returns those it set."""
     from megatron_llm.config.loader import load_config
     from megatron_llm.runtime.gpu_env import apply_recipe_environment
-    from megatron_llm.runtime.platform import detect_platform
+    from megatron_llm.runtime.hardware import detect_platform
     from megatron_llm.training.command import build_parser as train_parser
 
     args, _ = train_parser().parse_known_args(argv)

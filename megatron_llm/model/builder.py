@@ -27,7 +27,8 @@ from megatron_llm.config.schema import Config
 from megatron_llm.model.fused_loss import FusedLossGPTModel
 from megatron_llm.model.norms import RMSNorm
 from megatron_llm.model.vocab import mask_padding_logits, padded_vocab_size
-from megatron_llm.runtime.platform import Platform
+from megatron_llm.model.z_loss import ZLossGPTModel
+from megatron_llm.runtime.hardware import Platform
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _FP8_RECIPES = {"delayed": "delayed", "current": "tensorwise"}
@@ -185,11 +186,17 @@ def build_model_chunks(config: Config, vocab_size: int, platform: Platform) -> l
     padded = padded_vocab_size(vocab_size, m.make_vocab_size_divisible_by, config.parallel.tensor)
     chunks = []
     torch.manual_seed(config.schedule.seed)
-    fused = {"real_vocab_size": vocab_size} if m.fused_linear_cross_entropy else {}
+    z_loss = config.optim.z_loss
+    if m.fused_linear_cross_entropy:
+        model_class, extra = FusedLossGPTModel, {"real_vocab_size": vocab_size, "z_loss": z_loss}
+    elif z_loss:
+        model_class, extra = ZLossGPTModel, {"z_loss": z_loss}
+    else:
+        model_class, extra = GPTModel, {}
     for vp_stage in stages:
         pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
-        model = (FusedLossGPTModel if fused else GPTModel)(
+        model = model_class(
             config=tconfig,
             transformer_layer_spec=_block_spec(config, platform, tconfig, vp_stage),
             vocab_size=padded,
@@ -202,7 +209,7 @@ def build_model_chunks(config: Config, vocab_size: int, platform: Platform) -> l
             rope_scaling=m.rope_scaling == "llama3",
             rope_scaling_factor=m.rope_scaling_factor,
             vp_stage=vp_stage,
-            **fused,
+            **extra,
         )
         if post:
             mask_padding_logits(model.output_layer, vocab_size, padded)

@@ -27,9 +27,11 @@ from megatron_llm.kernels.fused_linear_cross_entropy import fused_linear_cross_e
 class FusedLossGPTModel(GPTModel):
     """GPTModel with the output layer and the loss fused; `real_vocab_size` excludes the padding rows."""
 
-    def __init__(self, *args: object, real_vocab_size: int, **kwargs: object) -> None:
+    def __init__(self, *args: object, real_vocab_size: int, z_loss: float = 0.0, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.real_vocab_size = real_vocab_size
+        self.z_loss = z_loss
+        self.last_z_loss = None  # as ZLossGPTModel's: the last micro-batch's per-token z-loss, for logging
 
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
         plain = (
@@ -52,13 +54,17 @@ class FusedLossGPTModel(GPTModel):
         elif tp > 1:
             hidden_states = copy_to_tensor_model_parallel_region(hidden_states, group=group)
         rank = dist.get_rank(group) if tp > 1 else 0
-        loss = fused_linear_cross_entropy(
+        loss, lse = fused_linear_cross_entropy(
             hidden_states,
             weight,
             labels.transpose(0, 1),
+            z_loss=self.z_loss,
             vocab_start=rank * weight.shape[0],
             valid_vocab=self.real_vocab_size,
             group=group if tp > 1 else None,
+            return_lse=True,
         )
+        if self.z_loss:
+            self.last_z_loss = (self.z_loss * lse.square()).transpose(0, 1)
         return loss.transpose(0, 1).contiguous()
 

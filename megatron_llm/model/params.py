@@ -135,7 +135,7 @@ def stage_parameters(
     """Per pipeline rank: its chunks' tensors, and where the embedding and output layer live.
 
     `ranges[rank]` overrides the even split with each chunk's [start, end) layers (uneven first/last
-    stages; `megatron_llm.planning.stages` computes them as megatron-core does).
+    stages; `megatron_llm.planning.layer_split` computes them as megatron-core does).
 
     The embedding is on the first stage (its first chunk), the output layer and final norm on the last
     stage (its last chunk). With tied embeddings and more than one stage, the last stage holds its own

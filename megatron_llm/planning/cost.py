@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from megatron_llm.config.schema import Config
 from megatron_llm.model.flops import flops_per_token
 from megatron_llm.planning.gpus import GPU
+from megatron_llm.planning.layer_split import PipelineSplit
 from megatron_llm.planning.perf_model import Workload, step_time
-from megatron_llm.planning.stages import PipelineSplit
 
 SECONDS_PER_DAY = 86400.0
 BREAKDOWN = ("compute", "recompute", "bubble", "tp_comm", "cp_comm", "pp_comm", "dp_comm", "optimizer")

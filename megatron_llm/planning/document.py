@@ -13,9 +13,9 @@ from megatron_llm.model.params import count_parameters
 from megatron_llm.planning import calibration
 from megatron_llm.planning.cost import TimingOptions, run_cost, training_precision
 from megatron_llm.planning.gpus import GPU
+from megatron_llm.planning.layer_split import PipelineSplit
 from megatron_llm.planning.layouts import Candidate, evaluate, explain, search
 from megatron_llm.planning.memory import USABLE_FRACTION, stages_of, usable_bytes
-from megatron_llm.planning.stages import PipelineSplit
 
 FLOPS_FORMULA = (
     "per token: 6 x N + 6 x layers x q x seq, where N = layers x (h(q + 2kv) + q h + 3 h ffn) + h V "

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from megatron_llm.config.schema import Config
 from megatron_llm.planning.cost import Timing, TimingOptions, layout_timing
 from megatron_llm.planning.gpus import GIB, GPU
+from megatron_llm.planning.layer_split import EVEN, PipelineSplit, balanced_first_last, split_problem
 from megatron_llm.planning.memory import (
     MemoryEstimate,
     estimate_memory,
@@ -24,7 +25,6 @@ from megatron_llm.planning.memory import (
     split_of,
     usable_bytes,
 )
-from megatron_llm.planning.stages import EVEN, PipelineSplit, balanced_first_last, split_problem
 
 TENSOR_SIZES = (1, 2, 4, 8)
 CONTEXT_SIZES = (1, 2, 4, 8)

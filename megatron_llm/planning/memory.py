@@ -33,7 +33,7 @@ from megatron_llm.model.vocab import padded_vocab_size
 from megatron_llm.planning.activations import ActivationShape, rank_activation_bytes
 from megatron_llm.planning.buffers import buffer_layout, default_bucket_size
 from megatron_llm.planning.gpus import GIB, GPU, custom_gpu, lookup_gpu
-from megatron_llm.planning.stages import EVEN, PipelineSplit, layer_ranges, split_problem
+from megatron_llm.planning.layer_split import EVEN, PipelineSplit, layer_ranges, split_problem
 
 RUNTIME_RESERVE = 2 * GIB
 USABLE_FRACTION = 0.95

@@ -45,7 +45,7 @@ from megatron_llm.model.params import vocab_size_of
 from megatron_llm.model.vocab import padded_vocab_size
 from megatron_llm.planning import calibration as cal
 from megatron_llm.planning.gpus import GPU
-from megatron_llm.planning.stages import EVEN, PipelineSplit, chunk_counts
+from megatron_llm.planning.layer_split import EVEN, PipelineSplit, chunk_counts
 
 TILE_M, TILE_N = 128, 256
 ACT_BYTES = 2  # activations and TP/CP/PP traffic in BF16

@@ -154,7 +154,7 @@ def prepare_data(
     from megatron_llm.config.validation import validate
     from megatron_llm.data.tokenizers.tokenizer import load_tokenizer
     from megatron_llm.runtime.distributed import process_info
-    from megatron_llm.runtime.platform import detect_platform
+    from megatron_llm.runtime.hardware import detect_platform
 
     platform = detect_platform()
     world_size = process_info().world_size

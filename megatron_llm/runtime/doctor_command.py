@@ -11,7 +11,7 @@ import json
 import sys
 from importlib import metadata
 
-from megatron_llm.runtime.platform import Platform, detect_platform
+from megatron_llm.runtime.hardware import Platform, detect_platform
 
 PACKAGES = {  # shown name: distribution names to try
     "megatron-llm": ["megatron-llm"],

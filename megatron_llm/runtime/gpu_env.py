@@ -11,7 +11,7 @@ import os
 from collections.abc import MutableMapping
 
 from megatron_llm.config.schema import Config
-from megatron_llm.runtime.platform import Platform
+from megatron_llm.runtime.hardware import Platform
 
 
 def recipe_environment(config: Config, platform: Platform) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from megatron_llm.config.loader import load_config
 from megatron_llm.config.validation import validate
 from megatron_llm.errors import USAGE_EXIT_CODE, UsageError
 from megatron_llm.runtime.distributed import process_info
-from megatron_llm.runtime.platform import detect_platform
+from megatron_llm.runtime.hardware import detect_platform
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,13 +42,16 @@ def main(argv: list[str]) -> int:
 
             config = add_stage_from_checkpoint(config, args, Path(args.stage))
         validate(config, process_info().world_size, detect_platform())
-    except UsageError:
+    except UsageError as error:
         if process_info().rank != 0:  # under torchrun/srun every rank finds the same error: one prints it
             return USAGE_EXIT_CODE
+        if "TORCHELASTIC_RUN_ID" in os.environ:
+            raise UsageError(f"{error}\n(every rank exits 2, which torchrun reports as 1; `megatron-llm launch` "
+                             "checks the config before starting torchrun and exits 2 itself)") from None
         raise
 
     from megatron_llm.runtime.distributed import destroy_distributed
-    from megatron_llm.training.exit_codes import BAD_STEPS_EXIT_CODE, TrainingAborted
+    from megatron_llm.training.exit_codes import BAD_STEPS_EXIT_CODE, TrainingAborted, exit_peer_lost, is_peer_lost
     from megatron_llm.training.setup import build_trainer
 
     try:
@@ -56,6 +60,10 @@ def main(argv: list[str]) -> int:
     except TrainingAborted as exc:
         print(f"megatron-llm train: {exc}", file=sys.stderr, flush=True)
         return BAD_STEPS_EXIT_CODE
+    except RuntimeError as exc:
+        if is_peer_lost(exc):
+            exit_peer_lost(exc, "train")
+        raise
     finally:
         destroy_distributed()
     return state.exit_code

@@ -137,9 +137,8 @@ def check_shards(prefixes: list[str], vocab_size: int, split: str, read: list[bo
     """Before megatron-core sees them: every shard is a consistent dataset whose token ids fit the vocabulary,
     and every split that will be read holds at least one sample (`seq_length + 1` tokens) of every shard
     (megatron-core loops forever on an empty split). Returns the split matrix with unread splits removed."""
-    from megatron_llm.data.shards.checks import check_dataset, check_vocabulary
+    from megatron_llm.data.shards.checks import check_dataset, check_vocabulary, document_tokens
     from megatron_llm.data.shards.indexed_writer import read_index
-    from megatron_llm.data.shards.inspect_command import document_tokens
 
     matrix = _split_matrix(split)
     matrix = [bookends if read[i] else None for i, bookends in enumerate(matrix)]

@@ -9,7 +9,7 @@ from megatron.core.transformer import TransformerConfig
 
 from megatron_llm.config.schema import Config
 from megatron_llm.model.builder import use_transformer_engine
-from megatron_llm.runtime.platform import Platform, detect_platform
+from megatron_llm.runtime.hardware import Platform, detect_platform
 
 
 def _te_gpu(config: Config, platform: Platform) -> bool:

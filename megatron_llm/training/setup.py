@@ -15,10 +15,10 @@ from megatron_llm.model.builder import build_model_chunks, uses_te_rng_tracker
 from megatron_llm.model.flops import flops_per_step
 from megatron_llm.planning import warn_if_not_fitting
 from megatron_llm.runtime.distributed import init_distributed, set_seeds
-from megatron_llm.runtime.platform import detect_platform
+from megatron_llm.runtime.hardware import detect_platform
 from megatron_llm.training.batch_schedule import BatchSchedule
 from megatron_llm.training.callbacks import Callback, default_callbacks
-from megatron_llm.training.callbacks.run_lock import RunLockRelease, acquire_run_lock
+from megatron_llm.training.callbacks.lock_release import RunLockRelease, acquire_run_lock
 from megatron_llm.training.data import tokenizer_info
 from megatron_llm.training.loop import Trainer
 from megatron_llm.training.optimizer import attach_schedule_hooks, build_optimizer, build_scheduler, wrap_ddp

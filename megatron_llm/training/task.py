@@ -55,10 +55,14 @@ class PretrainTask(Task):
     def __init__(self) -> None:
         self.packed = False
         self.staged = None
+        self.trainer: Trainer | None = None
+
+    def prepare(self, trainer: Trainer) -> None:
+        self.trainer = trainer
 
     def build_datasets(self, config: Config, train_iters: int, tokenizer: TokenizerInfo) -> tuple[Any, Any]:
         from megatron_llm.model.builder import use_transformer_engine
-        from megatron_llm.runtime.platform import detect_platform
+        from megatron_llm.runtime.hardware import detect_platform
         from megatron_llm.training.data import build_datasets
 
         self.packed = config.data.document_mask and use_transformer_engine(config, detect_platform())
@@ -71,7 +75,16 @@ class PretrainTask(Task):
 
     def forward_step(self, data_iterator: Any, model: Any) -> tuple[Any, Callable]:
         batch = next(data_iterator)
-        return forward_batch(model, batch, self.packed), partial(token_loss, batch["loss_mask"])
+        return forward_batch(model, batch, self.packed), partial(self._loss, model, batch["loss_mask"])
+
+    def _loss(self, model: Any, loss_mask: Any, per_token_loss: Any) -> tuple:
+        """token_loss, and the z-loss part of it (optim.z_loss) as its own per-token mean `z_loss` in training."""
+        from megatron_llm.model.z_loss import stashed_z_loss
+
+        z = stashed_z_loss(model, loss_mask)
+        if z is not None and model.training and self.trainer is not None:
+            self.trainer.record_metric("z_loss", z[0], "mean", z[1])
+        return token_loss(loss_mask, per_token_loss)
 
     def log_fields(self, trainer: Trainer) -> dict:
         if self.staged is None:

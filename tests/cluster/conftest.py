@@ -15,6 +15,7 @@ def running(cluster: NamespaceCluster):
     """Start `cluster`, yield it, and always stop it; fail the test if anything survives the stop."""
     try:
         ensure_installed()
+        ensure_installed(("iproute2", "util-linux"), ("ip", "nsenter", "unshare"))
         cluster.start()
     except ClusterError as error:
         cluster.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,8 +17,13 @@ BASE_SETTINGS = ["logging.progress=false", "logging.tensorboard=false", "schedul
 
 
 def job(cluster: NamespaceCluster, job_id: str) -> dict[str, str]:
-    result = cluster.run(["scontrol", "show", "job", "-o", job_id], timeout=15)
-    assert result.returncode == 0, result.stderr
+    """`scontrol show job -o` as a dict; empty when scontrol did not answer (slurmctld busy: ask again)."""
+    try:
+        result = cluster.run(["scontrol", "show", "job", "-o", job_id], timeout=30)
+    except subprocess.TimeoutExpired:
+        return {}
+    if result.returncode != 0:
+        return {}
     return dict(token.partition("=")[::2] for token in result.stdout.split() if "=" in token)
 
 

@@ -10,13 +10,20 @@ import torch
 from megatron_llm.config.schema import ParallelConfig
 from megatron_llm.runtime.distributed import init_distributed
 
-info = init_distributed(ParallelConfig(timeout_minutes=float(sys.argv[1])))
-if info.rank == 0:
+
+def main(timeout_minutes: float) -> int:
+    info = init_distributed(ParallelConfig(timeout_minutes=timeout_minutes))
+    if info.rank != 0:
+        sys.stdin.read()
+        return 0
     try:
         torch.distributed.all_reduce(torch.ones(1))
     except RuntimeError as error:
         print(f"collective failed: {error}", flush=True)
-        sys.exit(1)
+        return 1
     print("collective completed", flush=True)
-else:
-    sys.stdin.read()
+    return 0
+
+
+if __name__ == "__main__":  # multiprocessing's spawn re-imports this file in its helper processes
+    sys.exit(main(float(sys.argv[1])))

@@ -12,7 +12,7 @@ from megatron_llm.config import load_config
 from megatron_llm.evaluation.scoring import score_samples
 from megatron_llm.model.builder import build_model_chunks
 from megatron_llm.runtime.distributed import destroy_distributed, init_distributed, set_seeds
-from megatron_llm.runtime.platform import detect_platform
+from megatron_llm.runtime.hardware import detect_platform
 from megatron_llm.training.data import build_datasets, tokenizer_info
 
 EOD, SEQ, SAMPLES = 256, 64, 6

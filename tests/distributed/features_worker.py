@@ -17,7 +17,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from megatron_llm.config import load_config
 from megatron_llm.config.validation import validate
-from megatron_llm.runtime.platform import detect_platform
+from megatron_llm.runtime.hardware import detect_platform
 from megatron_llm.training.setup import build_trainer
 from megatron_llm.training.task import PretrainTask
 
@@ -40,6 +40,7 @@ class RecordingTask(PretrainTask):
     """Pre-training, noting the tokens of every micro-batch the forward step receives."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.seen: list[list[list[int]]] = []
 
     def forward_step(self, data_iterator, model):

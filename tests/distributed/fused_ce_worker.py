@@ -5,7 +5,11 @@ argv: output directory. Every rank writes `<out>/<rank>.json` with the largest d
   vocab_parallel_cross_entropy on this rank's full logits shard (padding filled as the plain model does);
 - "no_group": the loss difference when the statistics are not reduced over the TP group (negative control);
 - "model": loss and every parameter gradient of the tiny GPTModel (TP=2, sequence parallel, padded
-  vocabulary) built with model.fused_linear_cross_entropy true against the same model built with false.
+  vocabulary) built with model.fused_linear_cross_entropy true against the same model built with false;
+  "model_z": the same with optim.z_loss on (the plain path's z-loss against the fused kernel's);
+- "z": the plain path's vocabulary-parallel z-loss and its logits gradient, and the fused kernel's
+  log-sum-exp, against float64 computed from the full (unsplit) logits; "z/no_group": the z-loss from this
+  rank's shard alone (negative control).
 """
 
 from __future__ import annotations
@@ -63,16 +67,50 @@ def kernel_checks(rank: int) -> dict:
     return found
 
 
-def model_checks() -> dict:
+def z_checks(rank: int) -> dict:
+    from megatron.core import parallel_state
+    from megatron_llm.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
+
+    from megatron_llm.model.z_loss import vocab_parallel_logsumexp
+
+    group = parallel_state.get_tensor_model_parallel_group()
+    g = torch.Generator().manual_seed(1)
+    full = 3.0 * torch.randn(TOKENS, 2 * ROWS_PER_RANK, generator=g, dtype=torch.float64)
+    full[:, REAL:] = -1.0e4  # the vocabulary padding, as mask_padding_logits leaves it
+    upstream = torch.rand(TOKENS, generator=g, dtype=torch.float64) + 0.5
+    columns = slice(rank * ROWS_PER_RANK, (rank + 1) * ROWS_PER_RANK)
+    coef = 0.01
+    full.requires_grad_()
+    z_ref = coef * torch.logsumexp(full, dim=-1).square()
+    (grad_ref,) = torch.autograd.grad((z_ref * upstream).sum(), [full])
+    local = full.detach()[:, columns].float().requires_grad_()
+    z = coef * vocab_parallel_logsumexp(local, group).square()
+    (grad,) = torch.autograd.grad((z * upstream.float()).sum(), [local])
+    alone = coef * vocab_parallel_logsumexp(local.detach(), None).square()
+
+    hidden = torch.randn(TOKENS, HIDDEN, generator=g)
+    weight = 0.3 * torch.randn(2 * ROWS_PER_RANK, HIDDEN, generator=g)
+    logits = (hidden.double() @ weight.double().t())[:, :REAL]
+    _, lse = fused_linear_cross_entropy(hidden, weight[columns], torch.zeros(TOKENS, dtype=torch.long),
+                                        vocab_start=rank * ROWS_PER_RANK, valid_vocab=REAL, group=group,
+                                        chunk_elements=CHUNK, backend="torch", return_lse=True)
+    lse_ref = torch.logsumexp(logits, dim=-1)
+    return {"z": [_max_diff(z, z_ref), float(z_ref.abs().max()), _max_diff(grad, grad_ref[:, columns]),
+                  float(grad_ref.abs().max()), _max_diff(lse, lse_ref), float(lse_ref.abs().max())],
+            "z/no_group": _max_diff(alone, z_ref)}
+
+
+def model_checks(z_loss: float = 0.0) -> dict:
     from megatron_llm.config.loader import load_config
     from megatron_llm.model.builder import build_model_chunks
     from megatron_llm.runtime.distributed import set_seeds
-    from megatron_llm.runtime.platform import detect_platform
+    from megatron_llm.runtime.hardware import detect_platform
 
     results = {}
     for fused in (False, True):
         config = load_config(Path(__file__).parents[2] / "examples/configs/tiny.yaml", [
-            "parallel.tensor=2", "parallel.sequence_parallel=true", f"model.fused_linear_cross_entropy={fused}"])
+            "parallel.tensor=2", "parallel.sequence_parallel=true", f"model.fused_linear_cross_entropy={fused}",
+            f"optim.z_loss={z_loss}"])
         set_seeds(config.schedule.seed)
         model = build_model_chunks(config, 500, detect_platform())[0]  # 500 real rows padded to 512
         g = torch.Generator().manual_seed(5)
@@ -104,6 +142,8 @@ def main() -> None:
     rank = parallel_state.get_tensor_model_parallel_rank()
     record = kernel_checks(rank)
     record["model"] = model_checks()
+    record.update(z_checks(rank))
+    record["model_z"] = model_checks(z_loss=0.01)
     (out / f"{rank}.json").write_text(json.dumps(record))
     destroy_distributed()
 

@@ -13,7 +13,7 @@ from megatron.core import parallel_state
 
 from megatron_llm.config import load_config
 from megatron_llm.config.validation import validate
-from megatron_llm.runtime.platform import detect_platform
+from megatron_llm.runtime.hardware import detect_platform
 from megatron_llm.training.callbacks import Callback
 from megatron_llm.training.setup import build_trainer
 
@@ -30,10 +30,15 @@ class Recorder(Callback):
     def __init__(self) -> None:
         self.loss: list[float] = []
         self.grad_norm: list[float] = []
+        self.z_loss: list[float] = []
 
     def on_step_end(self, trainer, result) -> None:
         self.loss.append(result.loss)
         self.grad_norm.append(result.grad_norm)
+
+    def on_log(self, trainer, record) -> None:
+        if "z_loss" in record:
+            self.z_loss.append(record["z_loss"])
 
 
 def main() -> None:
@@ -46,7 +51,8 @@ def main() -> None:
                  int(__import__("os").environ.get("WORLD_SIZE", "1")), detect_platform())
         recorder = Recorder()
         build_trainer(config, run_root / f"layout{index}", callbacks=[recorder]).fit()
-        results[" ".join(overrides) or "single"] = {"loss": recorder.loss, "grad_norm": recorder.grad_norm}
+        results[" ".join(overrides) or "single"] = {"loss": recorder.loss, "grad_norm": recorder.grad_norm,
+                                                    "z_loss": recorder.z_loss}
         parallel_state.destroy_model_parallel()
     if torch.distributed.get_rank() == 0:
         output.write_text(json.dumps(results))

@@ -102,7 +102,9 @@ def test_tensor_and_pipeline_parallel_match_one_process(runs):
     for key in ("loss", "reward_accuracy", "reward_margin", "val_loss"):
         ours, theirs = _series(single, key), _series(parallel, key)
         assert len(ours) == len(theirs) > 0
-        assert theirs == pytest.approx(ours, rel=2e-4, abs=1e-5), key
+        # 2e-6, not fp32's 1e-6: 16 Adam steps amplify the summation-order differences of TP/PP (gradient
+        # norms drift to 3e-6 relative); measured: at most 9e-7 relative on loss and rewards.
+        assert theirs == pytest.approx(ours, rel=2e-6, abs=1e-7), key
 
 
 def test_evaluate_scores_the_same_under_pipeline_parallel(runs):
@@ -138,7 +140,7 @@ def test_packed_sft_matches_one_process_under_tensor_and_pipeline_parallel(runs)
     for key in ("loss", "grad_norm", "val_loss"):
         ours, theirs = _series(single, key), _series(parallel, key)
         assert len(ours) == len(theirs) > 0
-        assert theirs == pytest.approx(ours, rel=1e-4), key
+        assert theirs == pytest.approx(ours, rel=1e-6), key
 
 
 def _sequence_logprobs(model, samples: list[dict]) -> list[float]:
@@ -200,7 +202,9 @@ def test_rewards_and_validation_loss_match_transformers_on_the_exported_models(r
     assert record["reward_margin"] == pytest.approx(sum(margins) / len(margins), abs=1e-4)
     assert record["reward_accuracy"] == sum(m > 0 for m in margins) / len(margins)
     assert min(abs(m) for m in margins) > 1e-3  # no pair near the accuracy threshold
-    valid_margins = rewards("policy16", [valid[i] for i in range(len(valid))])
+    # Validation runs schedule.eval_iters global batches from the start of the validation pairs.
+    valid_batch = [valid[i % len(valid)] for i in range(config.schedule.eval_iters * gbs)]
+    valid_margins = rewards("policy16", valid_batch)
     val_loss = float(torch.nn.functional.softplus(-torch.tensor(valid_margins, dtype=torch.float64)).mean())
     logged_val = _series(metrics(root / "single"), "val_loss")[-1]
     assert logged_val == pytest.approx(val_loss, abs=1e-4)

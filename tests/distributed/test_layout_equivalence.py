@@ -12,6 +12,7 @@ from tests.distributed.conftest import torchrun
 
 WORKER = "tests/distributed/layout_worker.py"
 RTOL = 1e-5
+Z_LOSS = "optim.z_loss=0.01"  # 100x PaLM's 1e-4, so the term moves the loss by far more than RTOL
 
 LAUNCHES = {
     "tp-pp-dp": (
@@ -30,6 +31,8 @@ LAUNCHES = {
             ["parallel.tensor=2", "parallel.sequence_parallel=true"],
             ["parallel.pipeline=2", "parallel.virtual_pipeline=2"],
             ["parallel.distributed_optimizer=true"],
+            # z-loss over vocabulary shards: compared with the single process with the same z-loss.
+            ["parallel.tensor=2", Z_LOSS],
         ],
     ),
     "recompute": (
@@ -37,6 +40,9 @@ LAUNCHES = {
         [
             ["parallel.tensor=2", "parallel.sequence_parallel=true", "model.recompute=selective"],
             ["parallel.pipeline=2", "model.recompute=full"],
+            # megatron's block method: the first layer of each stage's 2 recomputed, the second kept.
+            ["parallel.pipeline=2", "model.recompute=full", "model.recompute_method=block",
+             "model.recompute_num_layers=1"],
             # Embedding and loss counted as layers: 4 + 2 slots over 2 stages x 3 virtual stages, so the very
             # first chunk holds only the embedding and the very last only the final norm, output layer and loss.
             ["parallel.pipeline=2", "parallel.virtual_pipeline=3", "parallel.account_for_embedding=true",
@@ -56,14 +62,19 @@ LAUNCHES = {
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def references(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
-    torchrun(1, WORKER, str(out / "ref.json"), str(out), "[]")
-    return json.loads((out / "ref.json").read_text())["single"]
+    torchrun(1, WORKER, str(out / "ref.json"), str(out), "[]", json.dumps([Z_LOSS]))
+    return json.loads((out / "ref.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(references):
+    return references["single"]
 
 
 @pytest.mark.parametrize("launch", list(LAUNCHES))
-def test_layouts_match_single_process(launch, reference, tmp_path):
+def test_layouts_match_single_process(launch, references, reference, tmp_path):
     nproc, layouts = LAUNCHES[launch]
     torchrun(nproc, WORKER, str(tmp_path / "out.json"), str(tmp_path), *[json.dumps(layout) for layout in layouts])
     results = json.loads((tmp_path / "out.json").read_text())
@@ -71,10 +82,21 @@ def test_layouts_match_single_process(launch, reference, tmp_path):
     assert len(reference["loss"]) == 5
     for name, got in results.items():
         label = f"{name or 'DP only'} on {nproc} processes"
-        assert got["loss"] == pytest.approx(reference["loss"], rel=RTOL), f"loss differs for {label}"
-        assert got["grad_norm"] == pytest.approx(reference["grad_norm"], rel=RTOL), f"grad norm differs for {label}"
+        want = references[Z_LOSS] if Z_LOSS in name else reference
+        assert got["loss"] == pytest.approx(want["loss"], rel=RTOL), f"loss differs for {label}"
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=RTOL), f"grad norm differs for {label}"
+        assert got["z_loss"] == pytest.approx(want["z_loss"], rel=RTOL), f"z-loss differs for {label}"
     # The run must actually train: the loss falls over the 5 steps.
     assert reference["loss"][-1] < reference["loss"][0] - 0.05
+
+
+def test_z_loss_is_on_logged_and_moves_the_loss(references, reference) -> None:
+    """The z-loss reference differs from the plain one (else the TP=2 z-loss comparison proves nothing): its
+    logged per-token z-loss is what it adds to the loss at the first step (same weights, same batch)."""
+    with_z = references[Z_LOSS]
+    assert reference["z_loss"] == [] and len(with_z["z_loss"]) == 5
+    added = with_z["loss"][0] - reference["loss"][0]
+    assert added == pytest.approx(with_z["z_loss"][0], rel=2e-5) and added > 1000 * RTOL * reference["loss"][0]
 
 
 @pytest.mark.parametrize(

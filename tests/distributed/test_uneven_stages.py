@@ -60,9 +60,11 @@ def test_uneven_split_trains_like_one_process(runs):
     assert uneven["loss"] == pytest.approx(single["loss"], rel=RTOL)
     assert uneven["grad_norm"] == pytest.approx(single["grad_norm"], rel=RTOL)
     assert single["loss"][-1] < single["loss"][0] - 0.05, "the run must actually train"
-    # Negative control: an output layer initialised differently on the loss-only chunk shows at step 1.
-    control = runs["control"]["loss"][0]
-    assert abs(control - single["loss"][0]) > 100 * RTOL * single["loss"][0], (control, single["loss"][0])
+    # Negative control: an output layer initialised differently on the loss-only chunk shows at step 1
+    # (measured: loss 1.4e-3 and gradient norm 3.5e-2 relative off).
+    control = runs["control"]
+    for key in ("loss", "grad_norm"):
+        assert abs(control[key][0] - single[key][0]) > 100 * RTOL * single[key][0], (key, control, single)
 
 
 @pytest.mark.parametrize("name, straight", [("even_to_uneven", "single"), ("uneven_to_even", "uneven")])

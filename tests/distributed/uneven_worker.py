@@ -18,7 +18,7 @@ import megatron_llm.model.builder as builder
 from megatron_llm.config import load_config
 from megatron_llm.config.validation import validate
 from megatron_llm.model.norms import RMSNorm
-from megatron_llm.runtime.platform import detect_platform
+from megatron_llm.runtime.hardware import detect_platform
 from megatron_llm.training.callbacks import Callback
 from megatron_llm.training.setup import build_trainer
 

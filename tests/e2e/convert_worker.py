@@ -18,7 +18,7 @@ from megatron.core import parallel_state
 from megatron_llm.config import load_config
 from megatron_llm.config.loader import config_from_dict
 from megatron_llm.runtime.distributed import init_distributed, set_seeds
-from megatron_llm.runtime.platform import detect_platform
+from megatron_llm.runtime.hardware import detect_platform
 
 TINY = Path(__file__).parents[2] / "examples/configs/tiny.yaml"
 COMMON = ["schedule.train_iters=3", "optim.warmup_iters=1", "schedule.eval_iters=0", "logging.tensorboard=false",

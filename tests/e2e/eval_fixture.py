@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-TRAIN_STEPS = 40
+TRAIN_STEPS = 20
 
 
 def free_port() -> int:
@@ -34,7 +34,7 @@ def command_env(**extra: str) -> dict:
     return env
 
 
-def run(*args: str, timeout: int = 900, torchrun: int = 0) -> subprocess.CompletedProcess:
+def run(*args: str, timeout: int = 1800, torchrun: int = 0) -> subprocess.CompletedProcess:
     """A megatron-llm command in its own process (under torchrun with `torchrun` processes when > 0)."""
     if torchrun:
         port = str(free_port())

@@ -1,6 +1,6 @@
 """Worker for test_eval_harness: the `megatron-llm` harness model's answers in this process's layout.
 
-argv: checkpoint, requests.json, output.json, tensor, pipeline. Run alone or under torchrun; rank 0 writes
+argv: checkpoint, requests.json, output.json, tensor, pipeline, timed (0/1). Run alone or under torchrun; rank 0 writes
 {loglikelihood: [[logprob, greedy]...], rolling: [...], generations: [text...], tokens: [[ids]...],
 generation_seconds, generated_tokens}.
 """
@@ -19,7 +19,7 @@ def main() -> None:
     from megatron_llm.evaluation.generation import Request
     from megatron_llm.evaluation.harness import MegatronLM
 
-    checkpoint, requests_path, output_path, tensor, pipeline = sys.argv[1:6]
+    checkpoint, requests_path, output_path, tensor, pipeline, timed = sys.argv[1:7]
     spec = json.loads(open(requests_path).read())
     lm = MegatronLM(checkpoint=checkpoint, tensor=int(tensor), pipeline=int(pipeline), batch_size=2,
                     max_gen_toks=spec["max_gen_toks"])
@@ -29,13 +29,14 @@ def main() -> None:
                                                "do_sample": False}), i) for i, p in enumerate(spec["prompts"])]
     out = {"loglikelihood": lm.loglikelihood(pairs), "rolling": lm.loglikelihood_rolling(rolling),
            "generations": lm.generate_until(gens)}
-    native = lm.native
-    requests = [Request(native.encode(p), spec["max_gen_toks"]) for p in spec["prompts"]]
-    start = time.perf_counter()
-    generated = native.generate(requests, batch_size=1)
-    out["generation_seconds"] = time.perf_counter() - start
-    out["tokens"] = [g.tokens for g in generated]
-    out["generated_tokens"] = sum(len(g.tokens) for g in generated)
+    if timed == "1":  # raw greedy tokens, batch 1, timed (for the tokens/s comparison)
+        native = lm.native
+        requests = [Request(native.encode(p), spec["max_gen_toks"]) for p in spec["prompts"]]
+        start = time.perf_counter()
+        generated = native.generate(requests, batch_size=1)
+        out["generation_seconds"] = time.perf_counter() - start
+        out["tokens"] = [g.tokens for g in generated]
+        out["generated_tokens"] = sum(len(g.tokens) for g in generated)
     if not dist.is_initialized() or dist.get_rank() == 0:
         with open(output_path, "w") as handle:
             json.dump(out, handle)

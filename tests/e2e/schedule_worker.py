@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from megatron_llm.config import load_config
 from megatron_llm.config.validation import validate
-from megatron_llm.runtime.platform import detect_platform
+from megatron_llm.runtime.hardware import detect_platform
 from megatron_llm.training.callbacks import Callback
 from megatron_llm.training.setup import build_trainer
 

@@ -58,9 +58,10 @@ def documents(count: int) -> bytes:
 
 
 def write_shard(prefix: Path, docs: int = 4, tokens: int = 100, high: int = 500) -> Path:
-    rng = np.random.default_rng(0)
+    ids = np.random.default_rng(0).integers(0, high, docs * tokens)
+    ids[-1] = high - 1  # the largest id always occurs
     with IndexedDatasetWriter(prefix, np.uint16) as writer:
-        writer.add_documents(rng.integers(0, high, docs * tokens), np.full(docs, tokens), np.ones(docs, np.int64))
+        writer.add_documents(ids, np.full(docs, tokens), np.ones(docs, np.int64))
         writer.finish()
     return prefix
 
@@ -116,6 +117,14 @@ def truncated_gzip(tmp, env):
 def every_line_skipped(tmp, env):
     (tmp / "in.jsonl").write_bytes(b'{"body": "x"}\n' * 10)
     return preprocess(tmp, env, tmp / "in.jsonl", extra=("--on-error", "skip")), [tmp / "in.jsonl"]
+
+
+def curate_every_line_malformed(tmp, env):
+    (tmp / "in.jsonl").write_bytes(documents(5))
+    (tmp / "gz.jsonl").write_bytes(b"\x00not json\n" * 5)
+    (tmp / "c.yaml").write_text(CURATE_CONFIG)
+    return ["curate", "--input", str(tmp / "in.jsonl"), str(tmp / "gz.jsonl"), "--output", str(tmp / "clean"),
+            "--config", str(tmp / "c.yaml")], [tmp / "in.jsonl", tmp / "gz.jsonl"]
 
 
 def most_lines_skipped(tmp, env):
@@ -209,7 +218,33 @@ def convert_crafted_checkpoint(tmp, env):
     return ["convert", "to-hf", "--checkpoint", str(directory), "--output", str(tmp / "hf")], []
 
 
+def from_hf_truncated_safetensors(tmp, env):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    LlamaForCausalLM(config).save_pretrained(tmp / "hf", max_shard_size="100KB")
+    shard = sorted((tmp / "hf").glob("model-*.safetensors"))[0]
+    with open(shard, "r+b") as stream:
+        stream.truncate(shard.stat().st_size // 2)
+    return ["convert", "from-hf", "--hf", str(tmp / "hf"), "--output", str(tmp / "ckpt")], [shard]
+
+
+def truncated_tokenizer_json(tmp, env):
+    import shutil
+
+    shutil.copytree(env["tokenizer"], tmp / "tok")
+    model = tmp / "tok" / "tokenizer.json"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    (tmp / "in.jsonl").write_bytes(documents(5))
+    return ["preprocess-data", "--input", str(tmp / "in.jsonl"), "--output-prefix", str(tmp / "out" / "ds"),
+            "--tokenizer", str(tmp / "tok")], [model]
+
+
 CASES = [
+    Case("a truncated tokenizer.json", truncated_tokenizer_json, 2,
+         r"tok/tokenizer\.json: not a readable hf tokenizer model \(truncated or corrupt\?\)",
+         absent=["out/ds_text_document.bin"]),
     Case("preprocess on a locked output prefix", preprocess_on_a_locked_prefix, 2,
          r"out: in use by another preprocess-data run \(pid \d+ on host .*lock file .*ds\.lock\)$"),
     Case("curate on a locked output directory", curate_on_a_locked_output, 2,
@@ -224,6 +259,8 @@ CASES = [
          absent=["out/ds_text_document.bin"]),
     Case("every line of a file skipped", every_line_skipped, 2,
          r"in\.jsonl: all 10 lines were skipped as malformed", absent=["out/ds_text_document.idx"]),
+    Case("curate: every line of a file malformed", curate_every_line_malformed, 2,
+         r"gz\.jsonl: all 5 lines were malformed \(is it the right file, format and text_key\?\)$"),
     Case("more than --max-skipped-fraction skipped", most_lines_skipped, 2,
          r"error: 6 of 10 lines were skipped as malformed, more than --max-skipped-fraction 0.5$"),
     Case("merge-shards with a truncated .bin", merge_truncated_bin, 2,
@@ -237,7 +274,10 @@ CASES = [
          r"no space left on device while writing the tokenized shards .*full/ds_\*_document\.bin/\.idx$",
          absent=["full/ds_text_document.bin", "full/ds_text_document.idx"]),
     Case("curate onto a full disk", curate_full_disk, 2,
-         r"full/clean.*: no space left on device while writing the curated output under .*full/clean$"),
+         r"full/clean\S*: no space left on device while writing the curated output under .*full/clean \(completed "
+         r"units are kept: free space and run the same command again to resume\)$"),
+    Case("from-hf with a truncated .safetensors shard", from_hf_truncated_safetensors, 2,
+         r"model-\S+\.safetensors: not a readable safetensors file \(Error while deserializing header"),
     Case("checkpoint verify of a crafted .metadata", verify_crafted_checkpoint, 2,
          r"\.metadata: refusing to load: it asks for posix\.system"),
     Case("convert to-hf of a crafted .metadata", convert_crafted_checkpoint, 2,
@@ -271,6 +311,7 @@ def env(tokenizer):
 def test_hostile_input(case, tmp_path, env, capsys):
     argv, kept = case.setup(tmp_path, env)
     before = digest(kept)
+    capsys.readouterr()  # what the setup printed
     code = cli.main(argv)
     err = capsys.readouterr().err
     assert code == case.code, err
@@ -324,3 +365,95 @@ def test_checkpoint_ls_says_unverified_until_verified(tmp_path, capsys):
     assert "unverified (latest)" in out and " complete" not in out
     assert cli.main(["checkpoint", "ls", str(tmp_path / "ckpt"), "--verify"]) == 1
     assert "DAMAGED (latest)" in capsys.readouterr().out
+
+
+# --- cases that need a training start (one `megatron-llm train` process each) ----------------------------
+
+TRAIN_BASE = ["schedule.train_iters=2", "optim.warmup_iters=1", "logging.progress=false", "data.synthetic=false",
+              "schedule.eval_iters=1", "schedule.global_batch_size=2", "schedule.micro_batch_size=1"]
+
+
+def train_on_a_locked_run_dir(tmp, env):
+    run = tmp / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("the first run's config\n")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 6.0}\n')
+    hold_lock(env, run / "megatron_llm.lock", "training run")
+    return ["--set", f"data.paths=[{write_shard(tmp / 'ok')}]"], [run / "config.yaml", run / "metrics.jsonl"]
+
+
+def train_beyond_the_vocabulary(tmp, env):
+    return ["--set", f"data.paths=[{write_shard(tmp / 'wide', high=540)}]"], []
+
+
+def train_on_a_truncated_shard(tmp, env):
+    prefix = write_shard(tmp / "cut")
+    with open(f"{prefix}.bin", "r+b") as stream:
+        stream.truncate(300)
+    return ["--set", f"data.paths=[{prefix}]"], [Path(f"{prefix}.bin")]
+
+
+def train_on_an_empty_shard(tmp, env):
+    with IndexedDatasetWriter(tmp / "empty", np.uint16) as writer:
+        writer.finish()
+    return ["--set", f"data.paths=[{tmp / 'empty'}]"], []
+
+
+def train_with_an_empty_valid_split(tmp, env):
+    return ["--set", f"data.paths=[{write_shard(tmp / 'few', docs=20, tokens=30)}]", "--set", "data.split=99,1,0"], []
+
+
+TRAIN_CASES = [
+    Case("two trainings on one run directory", train_on_a_locked_run_dir, 2,
+         r"run: in use by another training run \(pid \d+ on host .*; wait for it to finish or use another directory"),
+    Case("token ids beyond model.vocab_size", train_beyond_the_vocabulary, 2,
+         r"wide\.bin: holds token id 539, but model\.vocab_size=512 admits ids up to 511"),
+    Case("a truncated shard", train_on_a_truncated_shard, 2, r"cut\.bin: 300 bytes, the index describes 800"),
+    Case("an empty shard", train_on_an_empty_shard, 2, r"empty\.bin: the dataset holds no tokens \(0 documents\)"),
+    Case("a split too small to hold a sample", train_with_an_empty_valid_split, 2,
+         r"data\.split='99,1,0': the valid split of .*few gets 0 of 20 documents \(0 tokens\), fewer than one "
+         r"sample of 65 tokens; data\.split='87,13,0' would work"),
+]
+
+
+def run_train(tmp: Path, args: list[str], overrides: list[str] = TRAIN_BASE) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "megatron_llm", "train", "--config", "examples/configs/tiny.yaml",
+               "--run-dir", str(tmp / "run")]
+    for override in overrides:
+        command += ["--set", override]
+    return subprocess.run(command + args, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.mark.parametrize("case", TRAIN_CASES, ids=[case.name for case in TRAIN_CASES])
+def test_hostile_training_start(case, tmp_path, env):
+    args, kept = case.setup(tmp_path, env)
+    before = digest(kept)
+    result = run_train(tmp_path, args)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("megatron-llm train: error:")]
+    assert result.returncode == case.code, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and len(errors) == 1, result.stderr[-3000:]
+    assert re.search(case.message, errors[0]), errors[0]
+    assert digest(kept) == before
+
+
+def test_a_checkpoint_save_onto_a_full_disk(tmp_path, env):
+    """The first checkpoint fits the 5 MB file system, the second does not: a warning before it, one line naming
+    the directory when it fails, the partial save removed, the first checkpoint intact and still the latest."""
+    from megatron_llm.training.checkpoint.format import read_tracker, verify_directory
+
+    (tmp_path / "full").mkdir()
+    env["mount"](["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(tmp_path / "full")], tmp_path / "full")
+    root = tmp_path / "full" / "ckpt"
+    result = run_train(tmp_path, [], ["schedule.train_iters=3", "optim.warmup_iters=1", "logging.progress=false",
+                                      "schedule.eval_iters=0", "checkpoint.save_interval=1", f"checkpoint.dir={root}"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert re.search(r"warning: .*ckpt has \d\.\d MB free, the checkpoint of step 2 needs about 3\.\d MB",
+                     result.stderr), result.stderr[-3000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("megatron-llm train: error:")]
+    assert len(error) == 1 and re.search(r"iter_0000002: no space left on device while writing the checkpoint of "
+                                         r"step 2 .*; the latest complete checkpoint is still .*iter_0000001$",
+                                         error[0]), error
+    assert sorted(p.name for p in root.iterdir()) == ["iter_0000001", "latest_checkpointed_iteration.txt"]
+    assert read_tracker(root) == 1 and verify_directory(root / "iter_0000001", deep=True) == []

@@ -22,6 +22,8 @@ from tests.distributed.ckpt_runs import losses, metrics, train
 from tests.local_servers import S3_ENV, s3_endpoint
 from tests.unit.test_checkpoint_format import fake_checkpoint
 
+# The module fixture launches several training runs: slow when the machine is shared.
+pytestmark = pytest.mark.timeout(3600)
 BUCKET = "durable"
 RUN = ["schedule.train_iters=10", "optim.lr_decay_iters=10", "checkpoint.save_interval=2", "checkpoint.keep_last=2",
        "logging.system_metrics=false"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,9 +25,11 @@ import yaml
 from tests.distributed.ckpt_runs import checkpoint_tensors, metrics, train
 from tests.local_servers import mlflow_server
 
+# The module fixture launches several training runs: slow when the machine is shared.
+pytestmark = pytest.mark.timeout(3600)
 EXPERIMENT = "trackers-test"
-SETS = ["schedule.train_iters=6", "checkpoint.save_interval=3", "parallel.distributed_optimizer=true",
-        "optim.clip_grad=0.0", "logging.norms_interval=3"]
+SETS = ["logging.progress=true", "schedule.train_iters=6", "checkpoint.save_interval=3",
+        "parallel.distributed_optimizer=true", "optim.clip_grad=0.0", "logging.norms_interval=3"]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +93,7 @@ def test_mlflow_run_has_the_jsonl_values_params_and_continues_after_resume(track
     assert sorted(expected["loss"]) == [1, 2, 3, 4, 5, 6]
     for key in ("loss", "lr", "grad_norm", "consumed_samples", "rss_bytes_max", "grad_norm/layers.0"):
         assert tracked.history[key] == expected[key], key
-    assert set(tracked.history) == set(expected)
+    assert set(tracked.history) - {"checkpoint/saved_step"} == set(expected)
     # Control: the same values one step off do not match.
     shifted = {step + 1: value for step, value in expected["loss"].items()}
     assert tracked.history["loss"] != shifted
@@ -145,9 +148,11 @@ def test_layer_group_norms_add_up_to_megatrons_norm_and_the_checkpoint(tracked):
     layer0 = math.sqrt(sum(float(t[0].double().square().sum()) for k, t in tensors.items()
                            if k.startswith("decoder.layers.")))
     embedding = float(tensors["embedding.word_embeddings.weight"].double().norm())
-    assert expected["param_norm/layers.0"][6] == pytest.approx(layer0, rel=1e-9)
-    assert expected["param_norm/embedding"][6] == pytest.approx(embedding, rel=1e-9)
-    assert abs(expected["param_norm/layers.1"][6] - layer0) > 1e-6, "control: another layer's norm differs"
+    # Ours sums each tensor's squares in float32 (a float64 copy of a GPU-sized embedding would not fit); over
+    # ~10^5 elements that rounds at ~1e-7 relative, against the float64 reference here.
+    assert expected["param_norm/layers.0"][6] == pytest.approx(layer0, rel=1e-6)
+    assert expected["param_norm/embedding"][6] == pytest.approx(embedding, rel=1e-6)
+    assert abs(expected["param_norm/layers.1"][6] - layer0) > 1e-4 * layer0, "control: another layer's differs"
 
 
 def test_plain_log_lines_when_stdout_is_not_a_terminal(tracked):
@@ -167,7 +172,7 @@ def test_system_metrics_min_mean_max_over_ranks(tracked):
 
 def test_runs_show_prints_the_summary_and_plots_the_jsonl_curves(tracked, capsys):
     from megatron_llm.cli import main as cli
-    from megatron_llm.runs.plot import plot_run
+    from megatron_llm.runs.curves import plot_run
 
     png = tracked.work / "loss.png"
     assert cli(["runs", "show", str(tracked.run), "--plot", str(png)]) == 0
@@ -208,4 +213,4 @@ def test_a_validation_error_under_torchrun_prints_once(tmp_path):
     proc = train(tmp_path / "bad", ["optim.warmup_iters=50", "schedule.train_iters=6"], nproc=2)
     assert proc.returncode != 0
     assert proc.stderr.count("optim.warmup_iters=50 must be smaller") == 1, proc.stderr[-3000:]
-    assert "exitcode  : 2" in proc.stderr or "exitcode: 2" in proc.stderr
+    assert re.search(r"exitcode\s*:\s*2", proc.stderr), proc.stderr[-2000:]

@@ -22,6 +22,7 @@ RESUME = "tests/distributed/test_checkpoint_resume.py::test_interrupted_run_matc
 SCHEDULES = "tests/e2e/test_schedule_closed_forms.py::test_logged_learning_rate_is_the_closed_form"
 MEGATRON_FLAGS = "tests/unit/test_preprocess_megatron.py::test_megatron_flags_write_megatron_lms_files"
 EXPORT_EVAL = "tests/e2e/test_sft_evaluate.py::test_exported_model_matches_evaluate_in_transformers_and_lm_eval"
+WIRING = "tests/e2e/test_convert_wiring.py::test_imported_model_gives_transformers_logits"
 
 MUTANTS: list[Mutant] = [
     Mutant(
@@ -48,9 +49,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "off-by-one in the data index on resume",
         "megatron_llm/training/loop.py",
-        "        self._data = self._iterators(self.train_data, self.state.consumed_samples, remaining)",
-        "        self._data = self._iterators(self.train_data, self.state.consumed_samples + (self.state.step > 0),"
-        " remaining)",
+        "        self.consumed_samples = int(saved[\"consumed_samples\"])\n",
+        "        self.consumed_samples = int(saved[\"consumed_samples\"]) + 1\n",
         (RESUME,),
     ),
     Mutant(
@@ -73,5 +73,55 @@ MUTANTS: list[Mutant] = [
         "        lr_warmup_steps=o.warmup_iters * gbs,",
         "        lr_warmup_steps=(o.warmup_iters + 1) * gbs,",
         (SCHEDULES,),
+    ),
+    Mutant(
+        "swapped query heads (import)",
+        "megatron_llm/convert/mapping.py",
+        "        grouped = torch.cat([q.reshape(groups, per_group, head_dim, *tail), ",
+        "        grouped = torch.cat([q.reshape(per_group, groups, head_dim, *tail).transpose(0, 1), ",
+        (WIRING,),
+    ),
+    Mutant(
+        "swapped key/value heads (import)",
+        "megatron_llm/convert/mapping.py",
+        "k.reshape(groups, 1, head_dim, *tail),\n                             v.reshape(groups, 1, head_dim, *tail)]",
+        "k.reshape(groups, 1, head_dim, *tail).flip(0),\n                             "
+        "v.reshape(groups, 1, head_dim, *tail).flip(0)]",
+        (WIRING,),
+    ),
+    Mutant(
+        "wrong RoPE pairing (interleaved instead of half-split)",
+        "megatron_llm/model/builder.py",
+        "        persist_layer_norm=False,\n",
+        "        persist_layer_norm=False,\n        rotary_interleaved=True,\n",
+        (WIRING,),
+    ),
+    Mutant(
+        "wrong rope theta (import)",
+        "megatron_llm/convert/hf_config.py",
+        "        rotary_base=theta,\n",
+        "        rotary_base=10000.0,\n",
+        (WIRING,),
+    ),
+    Mutant(
+        "missing llama3 rope scaling (import)",
+        "megatron_llm/convert/hf_config.py",
+        "        rope_scaling=scaling,\n",
+        "        rope_scaling=None,\n",
+        (WIRING,),
+    ),
+    Mutant(
+        "gate/up swapped (import)",
+        "megatron_llm/convert/mapping.py",
+        "        return torch.cat([hf[self.gate], hf[self.up]], dim=0)",
+        "        return torch.cat([hf[self.up], hf[self.gate]], dim=0)",
+        (WIRING,),
+    ),
+    Mutant(
+        "tied/untied confusion (import)",
+        "megatron_llm/convert/hf_config.py",
+        "        tie_embeddings=bool(raw.get(\"tie_word_embeddings\", False)),",
+        "        tie_embeddings=not bool(raw.get(\"tie_word_embeddings\", False)),",
+        (WIRING,),
     ),
 ]

@@ -37,27 +37,27 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def ensure_installed() -> None:
-    """apt-get install the SLURM and munge packages unless every binary is already on PATH."""
-    if all(shutil.which(name) for name in BINARIES):
+def ensure_installed(packages: tuple[str, ...] = PACKAGES, binaries: tuple[str, ...] = BINARIES) -> None:
+    """apt-get install `packages` (default: SLURM and munge) unless every one of `binaries` is on PATH."""
+    if all(shutil.which(name) for name in binaries):
         return
     if shutil.which("apt-get") is None:
-        raise ClusterError("SLURM is not installed and apt-get is not available to install "
-                           f"{' '.join(PACKAGES)}: the SLURM tests need a Debian machine")
+        raise ClusterError(f"{' '.join(binaries)} missing and apt-get is not available to install "
+                           f"{' '.join(packages)}: the SLURM tests need a Debian machine")
     if os.geteuid() != 0:
-        raise ClusterError(f"SLURM is not installed and installing {' '.join(PACKAGES)} with apt-get needs root")
+        raise ClusterError(f"{' '.join(binaries)} missing and installing {' '.join(packages)} with apt-get needs root")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     lock = ["-o", "DPkg::Lock::Timeout=300"]
     steps = [["apt-get", *lock, "update"],
-             ["apt-get", *lock, "install", "-y", "--no-install-recommends", *PACKAGES]]
+             ["apt-get", *lock, "install", "-y", "--no-install-recommends", *packages]]
     for cmd in steps:
         result = _run(cmd, timeout=900, env=env)
         if result.returncode != 0:
             raise ClusterError(f"`{' '.join(cmd)}` failed (exit {result.returncode}):\n"
                                f"{_tail(result.stdout + result.stderr)}")
-    missing = [name for name in BINARIES if shutil.which(name) is None]
+    missing = [name for name in binaries if shutil.which(name) is None]
     if missing:
-        raise ClusterError(f"after installing {' '.join(PACKAGES)}, still missing: {' '.join(missing)}")
+        raise ClusterError(f"after installing {' '.join(packages)}, still missing: {' '.join(missing)}")
 
 
 def _ports_in_use() -> list[int]:

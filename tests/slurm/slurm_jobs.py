@@ -103,7 +103,7 @@ def task_process(job_id: str, task: int, conf: str | None = None) -> psutil.Proc
 @contextlib.contextmanager
 def stopped_tasks(job_id: str, ntasks: int, conf: str | None = None):
     """SIGSTOP every task of the job's step (so it cannot get further), SIGCONT the survivors on exit."""
-    processes = [wait_until(lambda t=task: task_process(job_id, t, conf), 120, f"task {task} of job {job_id}")
+    processes = [wait_until(lambda t=task: task_process(job_id, t, conf), 300, f"task {task} of job {job_id}")
                  for task in range(ntasks)]
     for process in processes:
         process.send_signal(signal.SIGSTOP)

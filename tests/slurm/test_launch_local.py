@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 
 from megatron_llm.launch.slurm_command import REQUEUE_EXIT_CODE
@@ -16,6 +17,20 @@ def test_launch_rejects_a_layout_that_does_not_fit_before_starting_workers():
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "parallel.pipeline" in result.stderr
     assert "torch.distributed" not in result.stderr
+
+
+def test_a_config_error_keeps_exit_2_through_launch_and_plain_torchrun_says_so(tmp_path):
+    bad = ("--config", str(TINY), "--set", "optim.warmup_iters=50", "--run-dir", str(tmp_path / "run"))
+    result = cli("launch", "--nproc-per-node", "2", "--", "train", *bad)
+    assert result.returncode == 2, result.stderr
+    assert "optim.warmup_iters=50 must be smaller" in result.stderr and "torch.distributed" not in result.stderr
+    # Plain torchrun turns the ranks' exit 2 into its own 1; the error printed once says what to use instead.
+    plain = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                            "-m", "megatron_llm", "train", *bad], cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
+    assert plain.returncode == 1
+    assert plain.stderr.count("optim.warmup_iters=50 must be smaller") == 1
+    assert "`megatron-llm launch` checks the config before starting torchrun" in plain.stderr
 
 
 def test_launch_dry_run_prints_the_torchrun_command():

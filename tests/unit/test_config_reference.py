@@ -72,8 +72,14 @@ def undocumented(shown: dict[str, dict], keys: list[str]) -> list[str]:
 
 
 def as_yaml(text: str, expected: object) -> object:
-    """A shown value read back as YAML (PyYAML wants a dot in a float, so `1e-05` is read with float())."""
-    return float(text) if isinstance(expected, float) else yaml.safe_load(text)
+    """A shown value read back as YAML (PyYAML wants a dot in a float, so `1e-05` is read with float()); a
+    nested section (e.g. optim.wsd) reads back as the dataclass it stands for."""
+    if isinstance(expected, float):
+        return float(text)
+    value = yaml.safe_load(text)
+    if dataclasses.is_dataclass(expected) and isinstance(value, dict):
+        return type(expected)(**value)
+    return value
 
 
 def test_show_prints_every_field_with_its_source_docstring(capsys):

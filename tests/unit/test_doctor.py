@@ -11,7 +11,7 @@ import torch
 from megatron_llm.cli import main as cli_main
 from megatron_llm.config.loader import load_config
 from megatron_llm.runtime.doctor_command import config_plan
-from megatron_llm.runtime.platform import Platform, simulated_h100
+from megatron_llm.runtime.hardware import Platform, simulated_h100
 
 LLAMA_8B = "examples/configs/llama-8b.yaml"
 CPU = Platform(False, None, None, False)

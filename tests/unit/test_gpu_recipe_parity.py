@@ -43,7 +43,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron_llm.config.loader import load_config
 from megatron_llm.model.builder import transformer_settings, uses_te_rng_tracker
 from megatron_llm.runtime.gpu_env import apply_recipe_environment, recipe_environment
-from megatron_llm.runtime.platform import Platform, simulated_h100
+from megatron_llm.runtime.hardware import Platform, simulated_h100
 from megatron_llm.training.optimizer import ddp_settings, optimizer_settings
 
 LLAMA_8B = "examples/configs/llama-8b.yaml"

@@ -16,18 +16,11 @@ from megatron_llm.config.schema import Config, ModelConfig
 from megatron_llm.convert.from_hf import check_weights
 from megatron_llm.convert.hf_config import hf_config_dict, model_config_from_hf
 from megatron_llm.convert.hf_files import INDEX, SafetensorsReader, StreamingSafetensorsWriter
-from megatron_llm.convert.mapping import Dims, Direct, GatedMLP, Vocab, at_layer, pad_vocab, unpad_vocab
-from megatron_llm.convert.tables import LLAMA, QWEN2, Table, export_entry, import_entry, table_for
+from megatron_llm.convert.mapping import Dims, GatedMLP, Vocab, at_layer, pad_vocab, unpad_vocab
+from megatron_llm.convert.tables import LLAMA, QWEN2, QWEN3, Table, export_entry, import_entry, table_for
 from megatron_llm.errors import UsageError
 
-# Adding an architecture variant is one entry per new tensor: Qwen3's QK-norm, defined here only.
-QWEN3 = LLAMA.variant(
-    "qwen3",
-    Direct("decoder.layers.*.self_attention.q_layernorm.weight", "model.layers.*.self_attn.q_norm.weight",
-           ("head_dim",)),
-    Direct("decoder.layers.*.self_attention.k_layernorm.weight", "model.layers.*.self_attn.k_norm.weight",
-           ("head_dim",)),
-)
+# Adding an architecture variant is one entry per new tensor: Qwen3's QK-norm (`tables.QWEN3`) is two.
 TABLES = {"llama": LLAMA, "qwen2": QWEN2, "qwen3": QWEN3}
 
 # GQA (3 query heads per group), head_dim != hidden / heads, a padded vocabulary
@@ -191,7 +184,7 @@ def _build(config: Config, qk_layernorm: bool):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     from megatron_llm.model.builder import build_model_chunks, transformer_config
-    from megatron_llm.runtime.platform import detect_platform
+    from megatron_llm.runtime.hardware import detect_platform
 
     if not qk_layernorm:
         return build_model_chunks(config, config.model.vocab_size, detect_platform())[0]

@@ -18,8 +18,8 @@ import pytest
 from megatron_llm.config.loader import load_config
 from megatron_llm.planning import calibration
 from megatron_llm.planning.gpus import lookup_gpu
+from megatron_llm.planning.layer_split import PipelineSplit
 from megatron_llm.planning.perf_model import Workload, step_time
-from megatron_llm.planning.stages import PipelineSplit
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
 LLAMA_405B = ["model.num_layers=126", "model.hidden_size=16384", "model.ffn_hidden_size=53248",

@@ -76,16 +76,24 @@ def test_70b_published_layout_is_listed_and_plan_says_why_it_prefers_pp4(plan_70
     assert 1 < entry["timing"]["step_seconds"] / top["timing"]["step_seconds"] < 1.10
 
 
-def test_8b_published_parallel_sizes_need_block_recompute_plan_cannot_list() -> None:
+def test_8b_published_parallel_sizes_with_block_recompute() -> None:
+    """TP1 PP1 CP1 without recompute does not fit; the published run recomputes the first 5 layers (block
+    method). plan now lists these sizes with the least block recompute its memory model lets fit, which is
+    faster than recomputing every layer. Its memory model still puts the recipe's own 5 layers over the
+    limit (by the activations of the 19 extra layers kept), so it recomputes more and ranks CP first."""
     plan = _plan("llama-8b.yaml", 8, "1Mi", "--top", "1000", "--explain")
-    # TP1 PP1 CP1 without recompute does not fit; the published run recomputes 5 layers (block method), which
-    # the engine does not offer, so plan only has full recompute of every layer for these sizes, far slower.
-    published = [e for e in plan["layouts"]["rejected_shown"]
-                 if (e["layout"]["tensor"], e["layout"]["pipeline"], e["layout"]["context"], e["layout"]["micro_batch"],
-                     e["layout"]["recompute"], e["layout"]["distributed_optimizer"]) == (1, 1, 1, 1, "none", True)]
-    rank, entry = _find(plan, 1, 1, None, 1, "full")
-    assert rank is not None and entry["timing"]["tflops_per_gpu"] < 0.85 * 744
+    sizes = [(rank, e) for rank, e in enumerate(plan["layouts"]["best"], start=1)
+             if (e["layout"]["tensor"], e["layout"]["pipeline"], e["layout"]["context"], e["layout"]["micro_batch"],
+                 e["layout"]["recompute"], e["layout"]["distributed_optimizer"]) == (1, 1, 1, 1, "full", True)]
+    blocks = [(rank, e) for rank, e in sizes if e["layout"]["recompute_block"]]
+    uniform = [(rank, e) for rank, e in sizes if not e["layout"]["recompute_block"]]
+    assert len(blocks) == 1 and len(uniform) == 1
+    (block_rank, block), (uniform_rank, every) = blocks[0], uniform[0]
+    assert 5 < block["layout"]["recompute_block"] < 32 and block_rank < uniform_rank
+    assert block["timing"]["breakdown"]["recompute"] < every["timing"]["breakdown"]["recompute"]
+    assert every["timing"]["tflops_per_gpu"] < 0.85 * 744
+    configured = plan["configured_layout"]  # llama-8b.yaml is the recipe: block recompute of 5 layers
+    assert configured["layout"]["recompute_block"] == 5 and "(activations" in configured["problem"]
     top = plan["layouts"]["best"][0]
     assert top["layout"]["recompute"] == "none" and top["layout"]["context"] > 1
     assert top["timing"]["tflops_per_gpu"] == pytest.approx(744, rel=0.15)
-    assert len(published) == 1 and "(activations" in published[0]["problem"]

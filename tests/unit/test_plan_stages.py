@@ -6,8 +6,8 @@ import pytest
 
 from megatron_llm.config.loader import load_config
 from megatron_llm.model.params import count_parameters
+from megatron_llm.planning.layer_split import PipelineSplit, balanced_first_last, layer_ranges, split_problem
 from megatron_llm.planning.memory import stages_of
-from megatron_llm.planning.stages import PipelineSplit, balanced_first_last, layer_ranges, split_problem
 
 CASES = [
     (6, 4, 2, PipelineSplit(True, True)),

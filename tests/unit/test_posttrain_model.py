@@ -32,7 +32,7 @@ def env(tmp_path_factory):
     from megatron_llm.config.loader import load_config
     from megatron_llm.model.builder import build_model_chunks
     from megatron_llm.runtime.distributed import destroy_distributed, init_distributed, set_seeds
-    from megatron_llm.runtime.platform import detect_platform
+    from megatron_llm.runtime.hardware import detect_platform
 
     items = synthetic.tasks(40, 3)
     records = synthetic.chat_records(items)

@@ -12,7 +12,7 @@ import torch
 from megatron_llm.config import load_config
 from megatron_llm.config.validation import layout_problems
 from megatron_llm.model.builder import transformer_config
-from megatron_llm.runtime.platform import detect_platform
+from megatron_llm.runtime.hardware import detect_platform
 
 
 def _sets(layers: int, pipeline: int, virtual: int | None, embedding: bool, loss: bool, first: int | None,

@@ -80,7 +80,8 @@ def main(argv: list[str]) -> int:
         with _output_lock(args.output, shard, args.step):
             return _run(args, config, inputs, shard)
     except OSError as error:
-        problem = output_error(error, f"the curated output under {args.output}")
+        problem = output_error(error, f"the curated output under {args.output} (completed units are kept: free "
+                                      "space and run the same command again to resume)", args.output)
         if problem is None or (error.filename and not str(error.filename).startswith(str(args.output))):
             raise
         raise problem from error

@@ -72,6 +72,12 @@ def check_dataset(prefix: str, require_documents: bool = False) -> DatasetSummar
     return DatasetSummary(prefix, index.document_count, index.sequence_count, index.token_count, str(index.dtype))
 
 
+def document_tokens(index: IndexInfo) -> np.ndarray:
+    """Tokens per document (one int64 per document)."""
+    ends = np.concatenate([[0], np.cumsum(index.sequence_lengths, dtype=np.int64)])
+    return ends[index.document_indices[1:]] - ends[index.document_indices[:-1]]
+
+
 def _bin_identity(prefix: str) -> dict:
     stat = os.stat(f"{prefix}.bin")
     return {"bin_size": stat.st_size, "bin_mtime_ns": stat.st_mtime_ns}

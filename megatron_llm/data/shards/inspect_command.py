@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from megatron_llm.data.shards.checks import token_id_range, validate
+from megatron_llm.data.shards.checks import document_tokens, token_id_range, validate
 from megatron_llm.data.shards.indexed_writer import IndexInfo, read_index
 
 
@@ -26,12 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer-type", help="or Megatron-LM's tokenizer flags")
     parser.add_argument("--tokenizer-model")
     return parser
-
-
-def document_tokens(index: IndexInfo) -> np.ndarray:
-    """Tokens per document (one int64 per document)."""
-    ends = np.concatenate([[0], np.cumsum(index.sequence_lengths, dtype=np.int64)])
-    return ends[index.document_indices[1:]] - ends[index.document_indices[:-1]]
 
 
 def describe(prefix: str, index: IndexInfo) -> str:

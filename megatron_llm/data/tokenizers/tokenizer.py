@@ -317,9 +317,18 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         "special_tokens": manifest["special_tokens"],
         "chat_template": manifest["chat_template"],
     }
-    if manifest["kind"] == "sentencepiece":
-        return SentencePieceTokenizer(model.read_bytes(), manifest["eod_id"], **common)
-    return HFTokenizer(model.read_text(encoding="utf-8"), manifest["eod_id"], **common)
+    if not model.is_file():
+        raise UsageError(f"{model}: missing (named by {Path(path) / MANIFEST})")
+    try:
+        if manifest["kind"] == "sentencepiece":
+            return SentencePieceTokenizer(model.read_bytes(), manifest["eod_id"], **common)
+        return HFTokenizer(model.read_text(encoding="utf-8"), manifest["eod_id"], **common)
+    except UsageError:
+        raise
+    except Exception as error:  # noqa: BLE001 - sentencepiece and tokenizers raise plain RuntimeError/Exception
+        first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise UsageError(f"{model}: not a readable {manifest['kind']} tokenizer model (truncated or corrupt?): "
+                         f"{first}") from None
 
 
 def export_for_hf(tokenizer_dir: str | Path, out_dir: str | Path) -> Path:

@@ -37,6 +37,10 @@ def default_callbacks(config: Config, run_dir: Path) -> list[Callback]:
     if s.manual_gc_interval:
         callbacks.append(ManualGC(s.manual_gc_interval))
     callbacks += optional_callbacks(config)
+    if config.evaluation.tasks:
+        from megatron_llm.training.callbacks.periodic_eval import PeriodicEval
+
+        callbacks.append(PeriodicEval(config))
     if logging_rank:
         if c.mirror:
             callbacks.append(MirrorCheckpoints(c.mirror, c.keep_last, c.keep_every))

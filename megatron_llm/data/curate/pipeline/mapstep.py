@@ -185,3 +185,6 @@ def _input_docs(ctx: RunContext, part: int, stats: PartStats, rejects: IO[bytes]
         where = f"{path}:{item.line}"
         stats.malformed_line(item.reason, f"{where}: {item.message or item.reason}")
         rejects.write(malformed_line(item, where))
+    if stats.records and sum(stats.malformed.values()) == stats.records:
+        raise located(str(path), None, f"all {stats.records} lines were malformed (is it the right file, format "
+                                       "and text_key?)")

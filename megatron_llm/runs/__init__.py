@@ -1,0 +1,1 @@
+"""Looking at a run directory without TensorBoard: `megatron-llm runs show`."""
