@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from megatron_llm.errors import UsageError
 from megatron_llm.training.callbacks.bad_steps import BadStepGuard
@@ -43,8 +45,11 @@ def fake_checkpoint(root, step, complete=True, tracker=True):
     directory.mkdir(parents=True)
     for rank in range(2):
         (directory / f"__{rank}_0.distcp").write_bytes(os.urandom(1000 + step))
-    (directory / ".metadata").write_bytes(b"meta" * 10)
-    (directory / "common.pt").write_bytes(b"common")
+    # `checkpoint verify` reads .metadata through the restricted unpickler: a real (empty) torch one.
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    (directory / ".metadata").write_bytes(pickle.dumps(Metadata(state_dict_metadata={})))
+    torch.save({"iteration": step}, directory / "common.pt")
     if complete:
         names = sorted(p.name for p in directory.iterdir())
         write_metadata(directory, {"step": step, "consumed_samples": step * 8, "layout": LAYOUT,
@@ -133,7 +138,7 @@ def test_checkpoint_command_ls_and_verify(tmp_path, capsys):
     directory = fake_checkpoint(run / "checkpoints", 4)
     assert checkpoint_main(["ls", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "iter_0000004" in out and "TP=2 PP=2 DP=2" in out and "complete (latest)" in out
+    assert "iter_0000004" in out and "TP=2 PP=2 DP=2" in out and "unverified (latest)" in out
     assert checkpoint_main(["verify", str(run)]) == 0
     assert "OK, step 4" in capsys.readouterr().out
     with open(directory / "__1_0.distcp", "r+b") as f:

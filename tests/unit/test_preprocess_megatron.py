@@ -231,6 +231,7 @@ def test_saved_tokenizer_gives_the_trainer_megatrons_eod(tmp_path, docs, tokeniz
     prefix = preprocess_with_megatron_flags(tmp_path / "run", docs, flags)
     config = load_config(TINY, [f"data.paths=[{prefix}]", f"data.tokenizer={tmp_path / 'tok'}",
                                 "data.eod_mask_loss=true", "data.seq_length=32", "data.split=100,0,0",
+                                "schedule.eval_iters=0",
                                 f"data.cache_dir={tmp_path / 'cache'}"])
     config.model.vocab_size = None
     info = tokenizer_info(config)

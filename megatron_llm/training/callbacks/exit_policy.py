@@ -36,9 +36,14 @@ class ExitPolicy(Callback):
     def __init__(self, exit_interval: int | None, exit_signals: list, duration_minutes: float | None = None) -> None:
         self.exit_interval = exit_interval
         self.deadline = time.monotonic() + duration_minutes * 60 if duration_minutes else None
+        self.signals = parse_signals(exit_signals)
         self.steps_this_run = 0
         self.received: signal.Signals | None = None
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in parse_signals(exit_signals)}
+        self._previous: dict = {}
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.steps_this_run = 0
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.signals}
 
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum)

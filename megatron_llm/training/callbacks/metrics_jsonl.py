@@ -21,8 +21,12 @@ class JsonlMetrics(Callback):
     """Appends (a resumed run continues the same file); line-buffered so a killed run keeps its lines."""
 
     def __init__(self, run_dir: Path) -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        self.path = run_dir / "metrics.jsonl"
+        self._file = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", buffering=1)
 
     def on_log(self, trainer: Trainer, record: dict) -> None:
         clean = {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in record.items()}

@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 
 class MirrorCheckpoints(Callback):
     def __init__(self, location: str, keep_last: int | None, keep_every: int | None) -> None:
-        self.mirror = Mirror(location, keep_last, keep_every)
+        self.settings = (location, keep_last, keep_every)
+        self.mirror: Mirror | None = None
 
     def on_train_start(self, trainer: Trainer) -> None:
+        self.mirror = Mirror(*self.settings)
         root = trainer.checkpointer.root
         latest = read_tracker(root)
         try:

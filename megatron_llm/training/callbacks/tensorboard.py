@@ -17,9 +17,13 @@ def tag(key: str) -> str:
 
 class TensorBoardMetrics(Callback):
     def __init__(self, run_dir: Path) -> None:
+        self.log_dir = run_dir / "tensorboard"
+        self._writer = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self._writer = SummaryWriter(log_dir=str(self.log_dir))
 
     def on_log(self, trainer: Trainer, record: dict) -> None:
         step = record["step"]

@@ -48,10 +48,6 @@ class Checkpointer:
         self.committed = committed
         self.last_saved: int | None = None
         self.queue = None
-        if self.config.async_save:
-            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
-
-            self.queue = AsyncCallsQueue()
 
     def has_checkpoint(self) -> bool:
         return read_tracker(self.root) is not None
@@ -70,6 +66,10 @@ class Checkpointer:
                 prune(self.root, self.config.keep_last, self.config.keep_every)
             self.committed(step, path)
 
+        if self.config.async_save and self.queue is None:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self.queue = AsyncCallsQueue()
         save_checkpoint(self.root, trainer.model, trainer.config, step, state.consumed_samples, trainer.optimizer,
                         trainer.scheduler, state.to_dict(), trainer.train_data, async_queue=self.queue,
                         before_commit=lambda: self.written(step), on_commit=on_commit)
@@ -163,3 +163,4 @@ class Checkpointer:
         self.flush()
         if self.queue is not None:
             self.queue.close()
+            self.queue = None
