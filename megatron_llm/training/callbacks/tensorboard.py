@@ -12,7 +12,11 @@ if TYPE_CHECKING:
 
 
 def tag(key: str) -> str:
-    return "valid/loss" if key == "val_loss" else f"train/{key}"
+    """`train/<key>` for the step's values, `valid/loss`; keys with their own namespace (eval/arc/acc,
+    samples/web) keep it."""
+    if key == "val_loss":
+        return "valid/loss"
+    return key if "/" in key else f"train/{key}"
 
 
 class TensorBoardMetrics(Callback):
