@@ -98,6 +98,11 @@ def assert_agree(ours: dict, ref: dict) -> None:
         assert ours["tokens"] == ref["tokens"]
 
 
+
+def flat(rows: list[list[float]]) -> list[float]:
+    """Per-choice log-probabilities of every item, one list (pytest.approx compares flat sequences)."""
+    return [value for row in rows for value in row]
+
 def test_one_process_agrees_with_the_harness_hf_model(work, spec, reference):
     ours = worker(work, spec, timed=True)
     assert_agree(ours, reference)
@@ -219,13 +224,14 @@ def test_lm_eval_cli_with_our_model_equals_hf_model_and_our_native_benchmarks(wo
     arc = json.loads(run("evaluate", "--checkpoint", str(work["checkpoints"]), "--task", "arc", "--data",
                          str(datasets["root"] / "arc"), "--details", "--json").stdout)["results"][0]
     arc_hf = hf["local_arc_easy"]
-    assert [i["logprobs"] for i in arc["items"]] == pytest.approx([[float(v) for v in arc_hf[d]]
-                                                                  for d in sorted(arc_hf)], abs=1e-5)
+    assert flat([i["logprobs"] for i in arc["items"]]) == pytest.approx(
+        flat([[float(v) for v in arc_hf[d]] for d in sorted(arc_hf)]), abs=1e-5)
     mmlu = json.loads(run("evaluate", "--checkpoint", str(work["checkpoints"]), "--task", "mmlu", "--data",
                           str(datasets["root"] / "mmlu"), "--details", "--json").stdout)["results"][0]
     expected = [[float(v) for v in hf[f"local_mmlu_{s}"][d]] for s in ("astronomy", "world_religions") for d in
                 sorted(hf[f"local_mmlu_{s}"])]
-    assert [i["logprobs"] for i in mmlu["items"]] == pytest.approx(expected, abs=1e-5)
+    assert flat([i["logprobs"] for i in mmlu["items"]]) == pytest.approx(flat(expected), abs=1e-5)
+    assert [len(i["logprobs"]) for i in mmlu["items"]] == [len(e) for e in expected]
     assert mmlu["num_fewshot"] == 5 and set(mmlu["groups"]) == {"astronomy", "world_religions"}
     assert mmlu["chance"] == 0.25
     assert mmlu["metrics"]["acc"] == pytest.approx(sum(g["acc"] for g in mmlu["groups"].values()) / 2)
