@@ -28,10 +28,6 @@ class BatchSchedule:
         self._ramp.update(consumed_samples, consistency_check=True)
         return self._ramp.get_current_global_batch_size()
 
-    def micro_batches_at(self, consumed_samples: int) -> int:
-        """Micro-batches per data-parallel rank in that step."""
-        return self.size_at(consumed_samples) // self.per_pass
-
     def samples_after(self, steps: int) -> int:
         """Samples consumed by the first `steps` steps."""
         consumed = 0

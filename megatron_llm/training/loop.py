@@ -95,7 +95,7 @@ class Trainer:
                 batch_size = self.batches.size_at(state.consumed_samples)
                 data = self._iterators(self.train_data, state.consumed_samples, 1, batch_size)
                 result = train_step(self.model, self.optimizer, self.scheduler, data,
-                                    self.batches.micro_batches_at(state.consumed_samples),
+                                    batch_size // self.batches.per_pass,
                                     self.config.data.seq_length, s.micro_batch_size, batch_size, self.forward_step)
                 state.step += 1
                 state.consumed_samples += batch_size

@@ -15,6 +15,7 @@ import math
 import queue
 import sys
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,7 +69,7 @@ def save_run_id(run_dir: Path, tracker: str, run_id: str) -> None:
     tmp.replace(path)
 
 
-class TrackerCallback(Callback):
+class TrackerCallback(Callback, ABC):
     """A tracker: subclasses implement `start`, `log_values`, `log_event` and `finish` (run in the sender
     thread). The model summary is gathered on every rank at the start (a collective); only the logging rank
     talks to the tracker."""
@@ -81,18 +82,20 @@ class TrackerCallback(Callback):
         self.failed: str | None = None
         self.active = False
 
-    # -- implemented by each tracker; called in the sender thread --------------------------------------------
+    @abstractmethod
     def start(self, run_dir: Path, params: dict[str, str], summary: str, step: int) -> None:
-        raise NotImplementedError
+        """Implemented by each tracker; runs in the sender thread."""
 
+    @abstractmethod
     def log_values(self, values: dict[str, float], step: int) -> None:
-        raise NotImplementedError
+        """Implemented by each tracker; runs in the sender thread."""
 
     def log_event(self, values: dict[str, float], step: int) -> None:
         self.log_values(values, step)
 
+    @abstractmethod
     def finish(self, exit_code: int) -> None:
-        raise NotImplementedError
+        """Implemented by each tracker; runs in the sender thread."""
 
     # -- phases ---------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer) -> None:
