@@ -5,6 +5,10 @@ PIP := $(PY) -m pip
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PYTEST_ARGS ?=
+# Two workers: most tests run one process with one OpenMP thread, and the SLURM tests mostly wait.
+# Each test module stays on one worker (tests/conftest.py), so its module fixtures are built once.
+TEST_WORKERS ?= 2
+TESTS ?= tests
 
 .PHONY: install test demo lint bench clean
 
@@ -22,7 +26,7 @@ endif
 	touch $@
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) $(PYTEST_ARGS) $(TESTS)
 
 # Plants each known bug (tests/mutants/mutants.py) in a copy and runs the tests meant to catch it; not in `test`.
 mutants: install

@@ -9,8 +9,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_llm", "megatron_llm.*"]) + ["megatron_llm.kernels"],
     package_dir={"megatron_llm.kernels": "kernels"},
-    package_data={"megatron_llm.launch": ["templates/*.sbatch"],
-                  "megatron_llm.data.curate.stages": ["wordlists/*.txt", "wordlists/README.md"]},
+    package_data={
+        "megatron_llm.launch": ["templates/*.sbatch"],
+        "megatron_llm.data.curate.stages": ["wordlists/*.txt", "wordlists/README.md"],
+    },
     install_requires=[
         "torch>=2.6",  # megatron-core 0.16 needs 2.6
         "megatron-core>=0.16.1,<0.17",
@@ -40,6 +42,7 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",
             "ruff>=0.6",
             "datasketch>=1.6",
             "transformers>=4.45",

@@ -113,6 +113,9 @@ class PrecisionConfig:
     fp8_amax_compute_algo: Literal["max", "most_recent"] = "max"
     """Delayed scaling: the scale follows the history's max or its most_recent amax (max: TE's default)."""
 
+    fp8_param_gather: bool = False
+    """FP8 primary weights: TE's linear weights kept and all-gathered in FP8, no 16-bit copy (distributed optimizer)."""
+
     grad_reduce_in_fp32: bool | None = None
     """Reduce bf16/fp16 gradients over data parallel in FP32 (null: yes on CPU, no on a GPU with TE, as the recipe)."""
 

@@ -149,6 +149,7 @@ def config_problems(config: Config, reads_data_paths: bool = True) -> list[str]:
         problems.append(f"schedule.manual_gc_interval={s.manual_gc_interval} must be >= 1 (or null: automatic GC)")
     if not o.z_loss >= 0:
         problems.append(f"optim.z_loss={o.z_loss} must be >= 0")
+    problems += fp8_param_problems(config)
     try:
         parse_stages(config)
     except UsageError as error:
@@ -157,6 +158,24 @@ def config_problems(config: Config, reads_data_paths: bool = True) -> list[str]:
         problems.append("data.paths is empty: give token shards or set data.synthetic: true")
     if d.paths and len(d.paths) > 1 and len(d.paths) % 2:
         problems.append("data.paths blend must alternate weight, prefix: [0.7, prefixA, 0.3, prefixB]")
+    return problems
+
+
+def fp8_param_problems(config: Config) -> list[str]:
+    """precision.fp8_param_gather's rules, whatever the machine (megatron-core's and Megatron-LM's own)."""
+    pr = config.precision
+    if not pr.fp8_param_gather:
+        return []
+    problems = []
+    if pr.fp8 is None:
+        # megatron-core's TransformerConfig: "fp8_param must be used together with fp8 mode".
+        problems.append("precision.fp8_param_gather needs precision.fp8 (delayed or current): the FP8 weights "
+                        "follow its scaling recipe (set precision.fp8_param_gather=false to train without FP8)")
+    if not config.parallel.distributed_optimizer:
+        # Megatron-LM refuses --fp8-param-gather without it: only the distributed optimizer writes its fp32 main
+        # weights back into FP8 weights (quantize_param_shard); any other would leave them unchanged.
+        problems.append("precision.fp8_param_gather needs parallel.distributed_optimizer=true: only megatron-core's "
+                        "distributed optimizer updates FP8 primary weights from its fp32 main weights")
     return problems
 
 
@@ -198,6 +217,13 @@ def platform_problems(config: Config, platform: Platform) -> list[str]:
             problems.append(
                 f"precision.fp8={pr.fp8!r} needs a Hopper (sm_90) or newer GPU, found {platform.gpu_name}"
             )
+    if pr.fp8_param_gather:
+        if not platform.has_transformer_engine:
+            problems.append("precision.fp8_param_gather needs Transformer Engine and a CUDA GPU (its FP8 weights "
+                            "are TE tensors; pip install 'megatron-llm[gpu]' on a Hopper machine)")
+        elif m.transformer_impl == "local":
+            problems.append("precision.fp8_param_gather needs Transformer Engine's layers, not "
+                            "model.transformer_impl='local' (only TE's linear layers hold FP8 weights)")
     if m.transformer_impl == "transformer_engine" and not platform.has_transformer_engine:
         problems.append("model.transformer_impl='transformer_engine' needs Transformer Engine and a CUDA GPU")
     if config.parallel.context > 1 and not platform.has_transformer_engine:

@@ -51,27 +51,51 @@ def _loglik(native: NativeModel, questions: list[benchmarks.Question]) -> list[l
     return out
 
 
+def _shots(task: str, options: TaskOptions) -> int:
+    return options.num_fewshot if options.num_fewshot is not None else DEFAULT_SHOTS.get(task, 0)
+
+
+def _fewshot_pool(task: str, data: str | Path, split: str | None, pool_split: str) -> list[formats.Record]:
+    """The split few-shot examples come from (lm-evaluation-harness's: MMLU's dev, ARC's train)."""
+    if (split or formats.SPLIT_DEFAULTS[task]) == pool_split:
+        raise UsageError(f"--split {pool_split}: {task}'s few-shot examples come from that split; evaluate another "
+                         "split or give --num-fewshot 0")
+    if Path(data).is_file():
+        raise UsageError(f"--data {data}: one file has no {pool_split} split for {task}'s few-shot examples; give "
+                         "the benchmark's directory or --num-fewshot 0")
+    return formats.read_benchmark(task, data, pool_split)
+
+
+def loglik_questions(task: str, data: str | Path, options: TaskOptions) -> list[benchmarks.Question]:
+    """The prompts and scored answers of a log-likelihood benchmark (a task of LOGLIK_TASKS)."""
+    records = _limited(formats.read_benchmark(task, data, options.split), options.limit)
+    shots = _shots(task, options)
+    if shots and task in ("hellaswag", "truthfulqa"):
+        hint = "--primer FILE" if task == "truthfulqa" else "--harness-tasks hellaswag"
+        raise UsageError(f"--num-fewshot {shots}: {task} is scored zero-shot here (for examples use {hint})")
+    if task == "mmlu":
+        dev = _fewshot_pool(task, data, options.split, "dev") if shots else []
+        return benchmarks.mmlu_questions(records, dev, shots)
+    if task == "arc":
+        train = _fewshot_pool(task, data, options.split, "train") if shots else []
+        return benchmarks.arc_questions(records, train, shots)
+    if task == "hellaswag":
+        return benchmarks.hellaswag_questions(records)
+    primer = Path(options.primer).read_text(encoding="utf-8") if options.primer else ""
+    return benchmarks.truthfulqa_questions(records, primer)
+
+
 def run_task(native: NativeModel, task: str, data: str | Path, options: TaskOptions) -> dict:
     if task not in TASKS:
         raise UsageError(f"--task: unknown benchmark {task!r} (known: {', '.join(TASKS)})")
-    records = _limited(formats.read_benchmark(task, data, options.split), options.limit)
-    shots = options.num_fewshot if options.num_fewshot is not None else DEFAULT_SHOTS.get(task, 0)
-    if task == "mmlu":
-        dev = formats.read_benchmark("mmlu", data, "dev") if shots else []
-        questions = benchmarks.mmlu_questions(records, dev, shots)
-    elif task == "arc":
-        questions = benchmarks.arc_questions(records)
-    elif task == "hellaswag":
-        questions = benchmarks.hellaswag_questions(records)
-    elif task == "truthfulqa":
-        primer = Path(options.primer).read_text(encoding="utf-8") if options.primer else ""
-        questions = benchmarks.truthfulqa_questions(records, primer)
-    elif task == "gsm8k":
-        return _gsm8k(native, records, shots, options)
-    else:
-        return _humaneval(native, records, options)
+    if task == "gsm8k":
+        records = _limited(formats.read_benchmark(task, data, options.split), options.limit)
+        return _gsm8k(native, records, _shots(task, options), options)
+    if task == "humaneval":
+        return _humaneval(native, _limited(formats.read_benchmark(task, data, options.split), options.limit), options)
+    questions = loglik_questions(task, data, options)
     result = benchmarks.summarize(task, questions, _loglik(native, questions), options.details)
-    result["num_fewshot"] = shots
+    result["num_fewshot"] = _shots(task, options)
     return result
 
 

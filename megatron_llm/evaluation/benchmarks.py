@@ -1,14 +1,18 @@
 """Prompts and scores of the log-likelihood benchmarks (MMLU, TruthfulQA MC1/MC2, HellaSwag, ARC).
 
 Prompts follow the published evaluation setups as lm-evaluation-harness runs them:
-- MMLU: `The following are multiple choice questions (with answers) about <subject>.` then k examples of the
-  subject's dev split (the first k) and the question, each `question\nA. ..\nB. ..\nC. ..\nD. ..\nAnswer:`,
-  answers ` A`..` D`; `acc`.
-- ARC: `Question: <question>\nAnswer:`, the choice texts as answers; `acc` and `acc_norm`.
+- MMLU: `The following are multiple choice questions (with answers) about <subject>.\n\n` then k examples of
+  the subject's dev split (the first k, in file order) and the question, each
+  `question\nA. ..\nB. ..\nC. ..\nD. ..\nAnswer:`, answers ` A`..` D`; `acc`.
+- ARC: `Question: <question>\nAnswer:`, the choice texts as answers; `acc` and `acc_norm`. k-shot examples
+  come from the set's train split, drawn as the harness's default sampler draws them (`sampled_shots`).
 - HellaSwag: `<activity>: <ctx_a> <Ctx_b>` with WikiHow's bracket artefacts removed, endings as answers;
   `acc` and `acc_norm`.
 - TruthfulQA: `Q: <question>\nA:` (zero-shot, or after a primer read from `--primer FILE`); MC1 `acc` is
   whether the single true answer scores highest, MC2 the normalised probability mass of the true answers.
+A few-shot example is its question, a space, its answer and a blank line (the harness's `target_delimiter`
+" " and `fewshot_delimiter` "\n\n"); the question asked ends without a delimiter and every answer scored
+starts with the space.
 `acc_norm` divides each answer's log-likelihood by its length in characters. Each report has per-group means
 (MMLU subjects, ARC sets), their macro average, the mean over all questions, and the chance level.
 """
@@ -16,10 +20,14 @@ Prompts follow the published evaluation setups as lm-evaluation-harness runs the
 from __future__ import annotations
 
 import math
+import random
 import re
 from dataclasses import dataclass
 
+from megatron_llm.errors import UsageError
 from megatron_llm.evaluation.formats import LETTERS, Record
+
+HARNESS_FEWSHOT_SEED = 1234  # lm-evaluation-harness's default --fewshot_random_seed
 
 
 @dataclass
@@ -38,15 +46,28 @@ def _mmlu_block(fields: dict) -> str:
     return "\n".join(lines) + "\nAnswer:"
 
 
+def _by_group(records: list[Record]) -> dict[str, list[Record]]:
+    groups: dict[str, list[Record]] = {}
+    for record in records:
+        groups.setdefault(record.group, []).append(record)
+    return groups
+
+
+def _pool(groups: dict[str, list[Record]], group: str, shots: int, what: str) -> list[Record]:
+    pool = groups.get(group, [])
+    if len(pool) < shots:
+        raise UsageError(f"{what} {group}: {shots}-shot needs {shots} few-shot examples, found {len(pool)}")
+    return pool
+
+
 def mmlu_questions(records: list[Record], dev: list[Record], shots: int) -> list[Question]:
-    by_subject: dict[str, list[Record]] = {}
-    for record in dev:
-        by_subject.setdefault(record.group, []).append(record)
+    """MMLU prompts: the subject's first `shots` dev questions (lm-evaluation-harness's `first_n` sampler)."""
+    by_subject = _by_group(dev)
     out = []
     for record in records:
         subject = record.group
         header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
-        shots_of = by_subject.get(subject, [])[:shots]
+        shots_of = _pool(by_subject, subject, shots, "MMLU subject")[:shots] if shots else []
         examples = [f"{_mmlu_block(d.fields)} {LETTERS[d.fields['answer']]}" for d in shots_of]
         context = header + "".join(e + "\n\n" for e in examples) + _mmlu_block(record.fields)
         letters = [LETTERS[i] for i in range(len(record.fields["choices"]))]
@@ -55,10 +76,35 @@ def mmlu_questions(records: list[Record], dev: list[Record], shots: int) -> list
     return out
 
 
-def arc_questions(records: list[Record]) -> list[Question]:
-    return [Question(r.source, r.group, f"Question: {r.fields['question']}\nAnswer:",
-                     [f" {c}" for c in r.fields["choices"]], [len(c) for c in r.fields["choices"]],
-                     [r.fields["answer"]], "choice") for r in records]
+def sampled_shots(records: list[Record], pool: list[Record], shots: int,
+                  seed: int = HARNESS_FEWSHOT_SEED) -> list[list[Record]]:
+    """Per record, `shots` examples of its group's pool, drawn as lm-evaluation-harness's default sampler
+    draws them: each group is a harness task with its own `random.Random(seed)`, and every question in
+    order takes `sample(pool, shots)` from it (so a question's examples depend on the questions before it)."""
+    if not shots:
+        return [[] for _ in records]
+    groups, streams = _by_group(pool), {}
+    out = []
+    for record in records:
+        chosen = _pool(groups, record.group, shots, "few-shot pool of")
+        stream = streams.setdefault(record.group, random.Random(seed))
+        out.append([chosen[i] for i in stream.sample(range(len(chosen)), shots)])
+    return out
+
+
+def _arc_text(fields: dict) -> str:
+    return f"Question: {fields['question']}\nAnswer:"
+
+
+def arc_questions(records: list[Record], train: list[Record] | None = None, shots: int = 0) -> list[Question]:
+    """ARC prompts, with `shots` examples from the set's records in `train` (see `sampled_shots`)."""
+    out = []
+    for r, examples in zip(records, sampled_shots(records, train or [], shots)):
+        prefix = "".join(f"{_arc_text(d.fields)} {d.fields['choices'][d.fields['answer']]}\n\n" for d in examples)
+        choices = r.fields["choices"]
+        out.append(Question(r.source, r.group, prefix + _arc_text(r.fields), [f" {c}" for c in choices],
+                            [len(c) for c in choices], [r.fields["answer"]], "choice"))
+    return out
 
 
 def hellaswag_clean(text: str) -> str:

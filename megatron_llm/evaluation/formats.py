@@ -165,7 +165,8 @@ def read_hellaswag(path: Path, split: str) -> list[Record]:
 # ARC -------------------------------------------------------------------------------------------------------
 def read_arc(path: Path, split: str) -> list[Record]:
     out = []
-    patterns = ("*{split}-*.parquet", "*{split}.parquet", f"*-{split.capitalize()}.jsonl", "*{split}*.jsonl")
+    original = "Dev" if split == "validation" else split.capitalize()  # ARC-Easy-{Train,Dev,Test}.jsonl
+    patterns = ("*{split}-*.parquet", "*{split}.parquet", f"*-{original}.jsonl", "*{split}*.jsonl")
     for file in _files(path, split, patterns):
         group = file.parent.name if file.suffix == ".parquet" else file.stem.rsplit("-", 1)[0]
         for source, record in read_rows(file):

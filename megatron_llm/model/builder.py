@@ -13,6 +13,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
+from megatron.core.fp8_utils import get_fp8_context
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import (
     get_gpt_layer_local_spec,
@@ -66,6 +67,9 @@ def transformer_settings(config: Config, platform: Platform) -> dict:
             fp8_recipe=_FP8_RECIPES[pr.fp8],
             fp8_amax_history_len=pr.fp8_amax_history_len,
             fp8_amax_compute_algo=pr.fp8_amax_compute_algo,
+            # FP8 primary weights: TE's linear layers are built as FP8 tensors (build_model_chunks enters
+            # megatron-core's fp8_model_init context for it); DDP's fp8_param_gather goes with it.
+            fp8_param=pr.fp8_param_gather,
         )
     return dict(
         num_layers=m.num_layers,
@@ -196,21 +200,24 @@ def build_model_chunks(config: Config, vocab_size: int, platform: Platform) -> l
     for vp_stage in stages:
         pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
-        model = model_class(
-            config=tconfig,
-            transformer_layer_spec=_block_spec(config, platform, tconfig, vp_stage),
-            vocab_size=padded,
-            max_sequence_length=m.max_position_embeddings,
-            pre_process=pre,
-            post_process=post,
-            share_embeddings_and_output_weights=m.tie_embeddings,
-            position_embedding_type="rope",
-            rotary_base=int(m.rotary_base),
-            rope_scaling=m.rope_scaling == "llama3",
-            rope_scaling_factor=m.rope_scaling_factor,
-            vp_stage=vp_stage,
-            **extra,
-        )
+        # With tconfig.fp8_param, TE's fp8_model_init (with the FP8 recipe, keeping the high-precision initial
+        # values for the optimizer's fp32 main weights), as Megatron-LM builds the model; otherwise a no-op.
+        with get_fp8_context(tconfig, is_init=True):
+            model = model_class(
+                config=tconfig,
+                transformer_layer_spec=_block_spec(config, platform, tconfig, vp_stage),
+                vocab_size=padded,
+                max_sequence_length=m.max_position_embeddings,
+                pre_process=pre,
+                post_process=post,
+                share_embeddings_and_output_weights=m.tie_embeddings,
+                position_embedding_type="rope",
+                rotary_base=int(m.rotary_base),
+                rope_scaling=m.rope_scaling == "llama3",
+                rope_scaling_factor=m.rope_scaling_factor,
+                vp_stage=vp_stage,
+                **extra,
+            )
         if post:
             mask_padding_logits(model.output_layer, vocab_size, padded)
         if platform.has_cuda:

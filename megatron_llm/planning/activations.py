@@ -16,7 +16,8 @@ heads/t x s x s per sequence is kept too. Selective recompute (megatron-core rec
 drops the s x s tensors and the log-sum-exp; full recompute keeps only each recompute unit's input
 (`recompute_num_layers` layers) and rebuilds one unit's activations at a time in the backward pass. The
 `block` method recomputes only the first `recompute_num_layers` layers of each model chunk, one layer per
-unit, and keeps everything for the others.
+unit, and keeps everything for the others; those first layers are rebuilt at the end of the chunk's
+backward pass, when its kept layers have been freed, so the rebuilt layer is not on top of the peak.
 
 Pipeline schedules keep several micro-batches in flight: with 1F1B, stage r holds min(m, p - r); with
 the interleaved schedule, stage r holds min(m·v, 2(p - r - 1) + (v - 1)p + 1) chunk-micro-batches of
@@ -114,7 +115,10 @@ def rank_activation_bytes(
         recomputed = min(shape.recompute_num_layers, layers_per_chunk)
         kept = layers_per_chunk - recomputed
         per_chunk = recomputed * layer_bytes(model, shape, "full") + kept * layer_bytes(model, shape, "none")
-        total = chunks * per_chunk + (layer_bytes(model, shape, "none") if recomputed else 0)
+        # The checkpointed layers come first in the chunk, so the backward pass rebuilds them last, after
+        # this chunk-micro-batch's kept layers have been freed: the rebuilt layer adds to the peak only when
+        # no layer is kept.
+        total = chunks * per_chunk + (layer_bytes(model, shape, "none") if recomputed and not kept else 0)
     elif shape.recompute == "full":
         unit = max(1, min(shape.recompute_num_layers, layers_per_chunk))
         units = -(-layers_per_chunk // unit)

@@ -74,8 +74,8 @@ def _apply_flags(config: Config, args: argparse.Namespace) -> Config:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
         if args.precision == "fp8":
             precision = dataclasses.replace(precision, dtype="bf16", fp8=precision.fp8 or "delayed")
-        else:
-            precision = dataclasses.replace(precision, dtype=args.precision, fp8=None)
+        else:  # without FP8 there are no FP8 primary weights
+            precision = dataclasses.replace(precision, dtype=args.precision, fp8=None, fp8_param_gather=False)
     return dataclasses.replace(config, data=data, schedule=schedule, precision=precision)
 
 

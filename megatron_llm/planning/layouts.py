@@ -64,7 +64,9 @@ class Layout:
         )
 
     def apply(self, config: Config) -> Config:
-        """The config with this layout in place of its own (model, data and batch untouched)."""
+        """The config with this layout in place of its own (model, data and batch untouched). Without the
+        distributed optimizer, FP8 primary weights (precision.fp8_param_gather) are off: no other optimizer
+        updates them."""
         parallel = dataclasses.replace(
             config.parallel,
             tensor=self.tensor,
@@ -78,7 +80,10 @@ class Layout:
             else {"recompute_method": "uniform", "recompute_num_layers": 1}
         model = dataclasses.replace(config.model, recompute=self.recompute, **block)
         schedule = dataclasses.replace(config.schedule, micro_batch_size=self.micro_batch)
-        return dataclasses.replace(config, parallel=parallel, model=model, schedule=schedule)
+        precision = config.precision
+        if not self.distributed_optimizer and precision.fp8_param_gather:
+            precision = dataclasses.replace(precision, fp8_param_gather=False)
+        return dataclasses.replace(config, parallel=parallel, model=model, schedule=schedule, precision=precision)
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "sequence_parallel": self.sequence_parallel,

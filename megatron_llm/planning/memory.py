@@ -11,11 +11,18 @@ Static memory follows what megatron-core allocates for the engine's settings (tr
   for this rank's slice of each bucket. Buffers are padded for, and state sharded over, the DP x CP group
   (megatron-core's DDP uses the data-parallel group with context parallelism).
 
-Activations come from `activations.py`. Buffers are the transient or fixed rest: the output layer's
-logits and cross-entropy (last stage), pipeline send/receive tensors, FP8 weight copies, the
-optimizer's temporaries on the PyTorch-AdamW path (CPU), and on a GPU a fixed runtime reserve (CUDA
-context, NCCL and cuBLAS workspaces). A layout fits when the total is at most 95% of device memory
-(the rest absorbs allocator fragmentation).
+Activations come from `activations.py`. Buffers are the transient or fixed rest: the final norm's input
+and output, the output layer's logits and cross-entropy (last stage), pipeline send/receive tensors,
+Transformer Engine's FP8 copies of the transformer layers' linear weights (not of the embedding or the
+output layer, which TE does not run), the optimizer's temporaries on the PyTorch-AdamW path (CPU), and on a
+GPU a fixed runtime reserve (CUDA context, NCCL and cuBLAS workspaces).
+
+FP8 primary weights (`precision.fp8_param_gather`, as NVIDIA's FP8 recipes run, with the distributed
+optimizer): TE's linear weights are FP8 tensors, so DDP keeps them in a buffer of their own at 1 byte per
+element (megatron-core's param_and_grad_buffer.py groups a Float8Tensor as torch.uint8) and TE keeps their FP8
+transpose beside them (1 byte), instead of a 16-bit weight plus a cached FP8 weight and transpose. Their
+gradients stay in the 16-bit dtype (or fp32), and the distributed optimizer still keeps fp32 main weights.
+A layout fits when the total is at most 95% of device memory (the rest absorbs allocator fragmentation).
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 FP32 = 4
 ADAM_STATE = 8
 STEP = 4
+TE_LINEAR_WEIGHTS = ("linear_qkv.weight", "linear_proj.weight", "linear_fc1.weight", "linear_fc2.weight")
+FP8_WEIGHT_COPY = 2  # TE's cached FP8 weight and its transpose, beside a 16-bit primary weight
+FP8 = 1  # an FP8 primary weight, or its transpose
+TE_CROSS_ENTROPY_STATS = 3  # fp32 max, sum of exponentials and target logit per token and TP rank
 
 
 @dataclass(frozen=True)
@@ -94,11 +105,30 @@ def _uses_transformer_engine(config: Config, gpu: GPU | None) -> bool:
     return gpu is not None and config.model.transformer_impl != "local"
 
 
-def _dtype_groups(tensors: Iterable[ParamTensor], dtype_bytes: int, fp32_norms: bool) -> dict[int, list]:
-    """Parameters split by dtype as DDP splits its buffers (local-spec RMSNorm weights stay fp32)."""
+def fp8_primary_weights(config: Config, gpu: GPU | None) -> bool:
+    """TE's linear weights are FP8 tensors: precision.fp8_param_gather with FP8, TE and the distributed optimizer
+    (the only optimizer that updates them; validation refuses the option without it)."""
+    pr = config.precision
+    return (pr.fp8_param_gather and pr.fp8 is not None and _uses_transformer_engine(config, gpu)
+            and config.parallel.distributed_optimizer)
+
+
+def _is_te_linear(tensor: ParamTensor) -> bool:
+    return tensor.name.endswith(TE_LINEAR_WEIGHTS)
+
+
+def _dtype_groups(tensors: Iterable[ParamTensor], dtype_bytes: int, fp32_norms: bool,
+                  fp8_weights: bool = False) -> dict[int, list]:
+    """Parameters split by dtype as DDP splits its buffers (local-spec RMSNorm weights stay fp32; FP8 primary
+    weights get a 1-byte buffer of their own)."""
     groups: dict[int, list] = {}
     for tensor in tensors:
-        size = FP32 if fp32_norms and tensor.name.endswith("layernorm.weight") else dtype_bytes
+        if fp8_weights and _is_te_linear(tensor):
+            size = FP8
+        elif fp32_norms and tensor.name.endswith("layernorm.weight"):
+            size = FP32
+        else:
+            size = dtype_bytes
         groups.setdefault(size, []).append(tensor)
     return groups
 
@@ -140,6 +170,7 @@ def static_memory(
         _uses_transformer_engine(config, gpu),
         split if split is not None else split_of(config),
         grad_bytes,
+        fp8_primary_weights(config, gpu),
     )
 
 
@@ -158,6 +189,7 @@ def _static_memory(
     transformer_engine: bool,
     split: PipelineSplit = EVEN,
     grad_bytes: int = FP32,
+    fp8_weights: bool = False,
 ) -> StaticMemory:
     dtype_bytes = DTYPE_BYTES[dtype]
     stage = _stages(model_fields, tensor, pipeline, virtual, split)[pipeline_rank]
@@ -165,7 +197,7 @@ def _static_memory(
     for index, chunk in enumerate(stage.chunks):
         bucketing = overlap_grad_reduce and pipeline_rank == 0 and index == 0
         bucket_size = default_bucket_size(dp) if bucketing else None
-        for size, tensors in _dtype_groups(chunk, dtype_bytes, not transformer_engine).items():
+        for size, tensors in _dtype_groups(chunk, dtype_bytes, not transformer_engine, fp8_weights).items():
             layout = buffer_layout(tensors, dp, distributed_optimizer, bucket_size)
             unpadded = sum(t.numel for t in tensors)
             weights += (layout.numel if distributed_optimizer else unpadded) * size
@@ -229,19 +261,46 @@ def check_layout(config: Config, world_size: int, split: PipelineSplit | None = 
         raise UsageError(problems[0])
 
 
+def te_linear_numel(stage: StageParameters) -> int:
+    """Elements of the stage's weights that Transformer Engine runs in FP8: the four linear layers of each
+    transformer layer. The embedding (VocabParallelEmbedding) and the output layer (megatron-core's own
+    ColumnParallelLinear, gpt_model.py) are not TE modules and stay in the training dtype, as do the norms."""
+    return sum(t.numel for chunk in stage.chunks for t in chunk if _is_te_linear(t))
+
+
 def _buffers(config: Config, pipeline_rank: int, gpu: GPU | None, shape: ActivationShape,
-             optimizer_elements: int, local_params: int) -> int:
-    """Logits and cross-entropy (last stage), p2p tensors, optimizer temporaries, runtime reserve."""
+             optimizer_elements: int, fp8_weight_elements: int) -> int:
+    """Logits and cross-entropy (last stage), p2p tensors, FP8 weight copies, optimizer temporaries,
+    runtime reserve.
+
+    Cross-entropy on a GPU with Transformer Engine is TE's fused kernel (the builder's
+    cross_entropy_fusion_impl="te"; megatron-core language_module.py calls te_parallel_cross_entropy):
+    transformer_engine/pytorch/cross_entropy.py saves the logits in their own dtype, writes the gradient
+    into them in place, and keeps only a max, a sum and the target logit per token in fp32 (gathered over
+    TP). megatron-core's native vocab_parallel_cross_entropy (CPU, local spec) casts the logits to an fp32
+    copy and hands back a 16-bit gradient beside it.
+
+    FP8 weight copies: TE's Linear quantizes a 16-bit weight into a workspace cached across micro-batches
+    (module/base.py get_weight_workspace with cache_name="weight"; megatron-core's TELinear passes
+    is_first_microbatch unless disable_parameter_transpose_cache), holding the FP8 data and, on Hopper,
+    which runs FP8 GEMMs only in the TN layout, its FP8 transpose for the backward pass: 2 bytes per element.
+    With FP8 primary weights there is no such workspace; only the transpose (1 byte) is kept beside the weight.
+    """
     m, p = config.model, config.parallel
     a = shape.bytes_per_element
     sp = p.tensor if p.sequence_parallel else 1
     total = 0
     if pipeline_rank == p.pipeline - 1:
         vocab = padded_vocab_size(vocab_size_of(m), m.make_vocab_size_divisible_by, p.tensor)
+        # The final norm's input (saved for its backward) and its output (saved by the output layer for the
+        # weight gradient): Megatron-LM's theoretical_memory_usage.py counts the latter as final_ln_output.
+        total += 2 * a * shape.tokens * m.hidden_size // sp
         if m.fused_linear_cross_entropy:  # one vocabulary chunk at a time (megatron_llm.kernels)
             from megatron_llm.kernels.chunking import working_bytes
 
             total += working_bytes(shape.tokens, vocab // p.tensor, m.hidden_size, a, triton=gpu is not None)
+        elif _uses_transformer_engine(config, gpu):
+            total += shape.tokens * (vocab // p.tensor * a + (TE_CROSS_ENTROPY_STATS * p.tensor + 1) * FP32)
         else:
             total += shape.tokens * vocab // p.tensor * (2 * a + FP32)
     if p.pipeline > 1:
@@ -250,8 +309,10 @@ def _buffers(config: Config, pipeline_rank: int, gpu: GPU | None, shape: Activat
         total += optimizer_elements * FP32  # torch AdamW (foreach) builds one temporary per state tensor
     else:
         total += RUNTIME_RESERVE
-        if config.precision.fp8 is not None:
-            total += 2 * local_params  # FP8 weight and transposed-weight copies
+        if fp8_primary_weights(config, gpu):
+            total += FP8 * fp8_weight_elements
+        elif config.precision.fp8 is not None and _uses_transformer_engine(config, gpu):
+            total += FP8_WEIGHT_COPY * fp8_weight_elements
     return total
 
 
@@ -290,8 +351,7 @@ def rank_memory(
     rank_layers = sum(end - start for start, end in stage.layers)
     activations = rank_activation_bytes(m, shape, p.pipeline, p.virtual_pipeline, pipeline_rank, microbatches,
                                         rank_layers)
-    local_params = stage.numel
-    buffers = _buffers(config, pipeline_rank, gpu, shape, static.optimizer_elements, local_params)
+    buffers = _buffers(config, pipeline_rank, gpu, shape, static.optimizer_elements, te_linear_numel(stage))
     return MemoryEstimate(
         weights=static.weights,
         gradients=static.gradients,

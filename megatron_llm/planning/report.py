@@ -150,7 +150,7 @@ def _label(layout: dict) -> str:
     split = f" split={split}" if split else ""
     return (
         f"TP{layout['tensor']} PP{layout['pipeline']}{vpp}{split} CP{layout['context']} DP{layout['data']} "
-        f"mb{layout['micro_batch']} recompute={layout['recompute']} "
+        f"mb{layout['micro_batch']} recompute={layout.get('recompute_label', layout['recompute'])} "
         f"distopt={'on' if layout['distributed_optimizer'] else 'off'}"
     )
 

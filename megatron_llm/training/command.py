@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from megatron_llm.config.loader import load_config
@@ -12,6 +13,8 @@ from megatron_llm.config.validation import validate
 from megatron_llm.errors import USAGE_EXIT_CODE, UsageError
 from megatron_llm.runtime.distributed import process_info
 from megatron_llm.runtime.hardware import detect_platform
+
+REPORT_GRACE_SECONDS = 30.0  # how long ranks other than 0 wait for the launcher after a config error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +46,10 @@ def main(argv: list[str]) -> int:
             config = add_stage_from_checkpoint(config, args, Path(args.stage))
         validate(config, process_info().world_size, detect_platform())
     except UsageError as error:
-        if process_info().rank != 0:  # under torchrun/srun every rank finds the same error: one prints it
+        if process_info().rank != 0:
+            # Under torchrun/srun every rank finds the same error and rank 0 prints it. A rank that exited first
+            # would have the launcher stop rank 0 before it prints: wait to be stopped (bounded) instead.
+            time.sleep(REPORT_GRACE_SECONDS)
             return USAGE_EXIT_CODE
         if "TORCHELASTIC_RUN_ID" in os.environ:
             raise UsageError(f"{error}\n(every rank exits 2, which torchrun reports as 1; `megatron-llm launch` "

@@ -23,6 +23,7 @@ def ddp_settings(config: Config, platform: Platform) -> dict:
     keeps FP32 on CPU and reduces in the training dtype on a CUDA machine with Transformer Engine, as the
     H100 recipe does. Parameter all-gather overlaps the next forward pass with the distributed optimizer on
     such a machine unless `parallel.overlap_param_gather` is false (its default, null, is off on CPU).
+    `precision.fp8_param_gather` (with FP8 on) all-gathers the FP8 primary weights as they are, one byte each.
     """
     p, pr = config.parallel, config.precision
     te_gpu = _te_gpu(config, platform)
@@ -35,6 +36,7 @@ def ddp_settings(config: Config, platform: Platform) -> dict:
         use_distributed_optimizer=p.distributed_optimizer,
         check_for_nan_in_grad=False,
         bucket_size=None,
+        fp8_param_gather=pr.fp8 is not None and pr.fp8_param_gather,
     )
 
 

@@ -46,7 +46,7 @@ def main() -> None:
             "parallel.tensor=2", "parallel.pipeline=2", "model.vocab_size=257", f"data.seq_length={SEQ}",
             f"data.paths=[{prefix}]", "data.split=100,0,0", f"data.document_mask={str(mask).lower()}",
             "schedule.train_iters=1", f"schedule.global_batch_size={SAMPLES}", "schedule.micro_batch_size=1",
-            "schedule.eval_iters=0", f"data.cache_dir={prefix}-cache-{mask}"])
+            "schedule.eval_iters=0", "model.init_method_std=0.3", f"data.cache_dir={prefix}-cache-{mask}"])
         if model is None:
             init_distributed(config.parallel)
             set_seeds(config.schedule.seed)

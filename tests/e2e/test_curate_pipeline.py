@@ -224,9 +224,15 @@ def test_output_directory_with_foreign_files_is_refused(run, tmp_path, capsys):
 
 
 def test_example_web_config_runs(run, tmp_path):
-    root, _, _ = run
+    """examples/curate/web.yaml (text_key: text, English only) on the fixture's documents under that key."""
+    _, _, docs = run
+    web = [{"id": d["id"], "text": d["body"]} for d in docs if isinstance(d.get("body"), str)]
+    source = tmp_path / "web.jsonl.zst"
+    source.write_bytes(zstandard.ZstdCompressor().compress(b"".join(json.dumps(d).encode() + b"\n" for d in web)))
     out = tmp_path / "web"
     config = str(REPO / "examples" / "curate" / "web.yaml")
-    assert cli.main(["curate", "--input", str(root / "raw" / "c.jsonl.zst"), "--output", str(out),
-                     "--config", config]) == 0  # fmt: skip
+    assert cli.main(["curate", "--input", str(source), "--output", str(out), "--config", config]) == 0
     assert report.main([str(out)]) == 0
+    kept = [json.loads(line)["id"] for part in sorted(out.glob("part-*.jsonl")) for line in part.open()]
+    assert kept and all(doc_id.startswith("en") for doc_id in kept)  # German, Russian and the copy are gone
+    assert len(kept) < len(web)

@@ -54,6 +54,12 @@ def reference_fingerprint(shingles: list[int]) -> int:
     return value
 
 
+def word_jaccard(a: str, b: str) -> float:
+    """Exact Jaccard similarity of two texts' sets of whitespace-word 5-grams."""
+    grams = [{tuple(words[i:i + 5]) for i in range(len(words) - 4)} for words in (a.split(), b.split())]
+    return len(grams[0] & grams[1]) / len(grams[0] | grams[1])
+
+
 def brute_force_pairs(prints: list[int], hamming: int) -> set[tuple[int, int]]:
     return {(a, b) for a, b in itertools.combinations(range(len(prints)), 2) if (prints[a] ^ prints[b]).bit_count()
             <= hamming}
@@ -132,13 +138,15 @@ def test_curate_simhash_removes_the_brute_force_clusters_and_compares_with_minha
     rows = []
     for method, removed in (("simhash", simhash), ("minhash", minhash)):
         caught = sum(1 for family in planted.families if any(i in removed for i in family))
-        wrong = sum(1 for a, b in removed.items() if family_of.get(a, -1) != family_of.get(b, -2))
+        outside = [(a, b) for a, b in removed.items() if family_of.get(a, -1) != family_of.get(b, -2)]
+        wrong = [pair for pair in outside if word_jaccard(*(planted.texts[i] for i in pair)) < 0.5]
         rows.append((method, caught, len(planted.families), wrong))
-        print(f"{method}: {caught} of {len(planted.families)} planted copies removed, "
-              f"{wrong} removals outside a planted family")
-    (_, s_caught, families, _), (_, m_caught, _, m_wrong) = rows
+        print(f"{method}: {caught} of {len(planted.families)} planted copies removed, {len(outside)} removals "
+              f"outside a planted family, {len(wrong)} of them not near-duplicates (word 5-gram Jaccard < 0.5)")
+    (_, s_caught, families, s_wrong), (_, m_caught, _, m_wrong) = rows
     assert families == 120
-    # Measured: SimHash (Hamming <= 3 of 64) 22, MinHash (Jaccard >= 0.8 of 5-grams) 44 of the 120 copies, edited at
-    # 1-20% of their words; neither removes anything outside a family on this corpus.
+    # Measured: SimHash (Hamming <= 3 of 64) 22, MinHash (Jaccard >= 0.8 of 5-grams, no verification) 44 of the 120
+    # copies, edited at 1-20% of their words. Outside the families MinHash also removes two docstrings the standard
+    # library itself nearly repeats (bisect_left/bisect_right, Jaccard 0.61; two codeop functions, 0.88).
     assert 15 <= s_caught < m_caught and m_caught >= 35
-    assert m_wrong == 0
+    assert s_wrong == [] and m_wrong == []

@@ -2,7 +2,9 @@
 
 References: lm-evaluation-harness's own `hf` model on the exported checkpoint (log-likelihoods, rolling
 log-likelihoods, greedy generations), and the harness's own task definitions (its MMLU template and ARC task
-YAML, included from the installed package) pointed at small files written here in the published layouts.
+YAML, included from the installed package) pointed at small files written here in the published layouts:
+their prompts (from the harness's --log_samples) and per-choice log-likelihoods are what `megatron-llm
+evaluate --task mmlu|arc` must give.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.eval_fixture import REPO, build, command_env, free_port
+from tests.e2e.eval_fixture import REPO, build, command_env, free_port, run
 
 WORKER = Path(__file__).with_name("eval_harness_worker.py")
 MAX_GEN = 12
@@ -165,6 +167,7 @@ def datasets(work):
         write_parquet(root / "mmlu" / subject / "test-00000-of-00001.parquet", mmlu_rows(texts, subject, 3, 40 + 5 * n))
         write_parquet(root / "mmlu" / subject / "dev-00000-of-00001.parquet", mmlu_rows(texts, subject, 5, 60 + 5 * n))
     write_parquet(root / "arc" / "ARC-Easy" / "test-00000-of-00001.parquet", arc_rows(texts, 6, 80))
+    write_parquet(root / "arc" / "ARC-Easy" / "train-00000-of-00001.parquet", arc_rows(texts, 8, 90))
     tasks = work["root"] / "tasks"
     tasks.mkdir()
     for subject in ("astronomy", "world_religions"):
@@ -180,12 +183,14 @@ def datasets(work):
         f"include: {HARNESS_TASKS / 'arc/arc_easy.yaml'}\ntask: local_arc_easy\ntag: []\ndataset_path: parquet\n"
         f"dataset_name: null\ndataset_kwargs:\n  data_files:\n"
         f"    test: {root / 'arc/ARC-Easy/test-00000-of-00001.parquet'}\n"
-        "training_split: null\nvalidation_split: null\n")
+        f"    train: {root / 'arc/ARC-Easy/train-00000-of-00001.parquet'}\n"
+        "validation_split: null\n")  # few-shot examples from train, as the published task draws them
     return {"root": root, "tasks": tasks}
 
 
 def lm_eval_samples(work, datasets, model: str, model_args: str, tasks: str, fewshot: int | None) -> dict:
-    """Per task, the harness's per-document log-likelihoods, from its --log_samples output."""
+    """Per task and document, the harness's (context, continuation, log-likelihood) of every choice, from its
+    --log_samples output."""
     out = work["root"] / f"lm_eval_{model}_{tasks.replace(',', '_')}"
     args = ["--model", model, "--model_args", model_args, "--tasks", tasks, "--include_path", str(datasets["tasks"]),
             "--batch_size", "2", "--log_samples", "--output_path", str(out)]
@@ -202,15 +207,102 @@ def lm_eval_samples(work, datasets, model: str, model_args: str, tasks: str, few
     for path in out.rglob("samples_*.jsonl"):
         task = path.name[len("samples_"):].rsplit("_", 1)[0]
         docs = [json.loads(line) for line in path.read_text().splitlines()]
-        samples[task] = {d["doc_id"]: [r[0] for r in d["filtered_resps"]] for d in docs}
+        samples[task] = {}
+        for d in docs:
+            args = [d["arguments"][k] for k in sorted(d["arguments"], key=lambda k: int(k.rsplit("_", 1)[1]))]
+            samples[task][d["doc_id"]] = [(a["arg_0"], a["arg_1"], float(r[0]))
+                                          for a, r in zip(args, d["filtered_resps"], strict=True)]
     return samples
 
 
-def test_lm_eval_cli_with_our_model_equals_hf_model(work, datasets):
-    tasks = "local_arc_easy,local_mmlu_astronomy,local_mmlu_world_religions"
-    ours = lm_eval_samples(work, datasets, "megatron-llm", f"checkpoint={work['checkpoints']}", tasks, 5)
-    hf = lm_eval_samples(work, datasets, "hf", f"pretrained={work['hf']},dtype=float32", tasks, 5)
-    assert set(ours) == set(hf) == set(tasks.split(","))
-    for task in hf:
-        for doc, values in hf[task].items():
-            assert [float(v) for v in ours[task][doc]] == pytest.approx([float(v) for v in values], abs=1e-5)
+HARNESS_TASKS_RUN = "local_arc_easy,local_mmlu_astronomy,local_mmlu_world_religions"
+SUBJECTS = ("astronomy", "world_religions")
+
+
+@pytest.fixture(scope="module")
+def hf_samples(work, datasets):
+    """The harness's `hf` model on the export, 5-shot (MMLU's default; ARC's examples from its train split)."""
+    return lm_eval_samples(work, datasets, "hf", f"pretrained={work['hf']},dtype=float32", HARNESS_TASKS_RUN, 5)
+
+
+def test_lm_eval_cli_with_our_model_equals_hf_model(work, datasets, hf_samples):
+    ours = lm_eval_samples(work, datasets, "megatron-llm", f"checkpoint={work['checkpoints']}", HARNESS_TASKS_RUN, 5)
+    assert set(ours) == set(hf_samples) == set(HARNESS_TASKS_RUN.split(","))
+    for task in hf_samples:
+        for doc, choices in hf_samples[task].items():
+            assert [c[:2] for c in ours[task][doc]] == [c[:2] for c in choices]
+            assert [c[2] for c in ours[task][doc]] == float32_approx([c[2] for c in choices])
+
+
+def float32_approx(expected: list[float]):
+    """The `hf` model's sums are float32 (ours float64): 1e-5, and about one float32 step (2e-7 relative) for
+    the long ARC answers whose sums reach -95, where a float32 step is 7.6e-6."""
+    return pytest.approx(expected, rel=2e-7, abs=1e-5)
+
+
+def harness_choices(hf_samples: dict, tasks: list[str]) -> list[list[tuple[str, str, float]]]:
+    """Per document (tasks in order, documents in file order), the harness's choices."""
+    return [hf_samples[t][d] for t in tasks for d in sorted(hf_samples[t])]
+
+
+def test_native_mmlu_and_arc_equal_the_harness_task_definitions(work, datasets, hf_samples):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from megatron_llm.evaluation.benchmark_runner import TaskOptions, loglik_questions
+
+    data = datasets["root"]
+    mmlu_ref = harness_choices(hf_samples, [f"local_mmlu_{s}" for s in SUBJECTS])
+    arc_ref = harness_choices(hf_samples, ["local_arc_easy"])
+    # The prompts, character for character: description, the dev split's first 5 in order, the delimiters; for
+    # ARC the 5 train questions the harness's seeded sampler draws for each question in turn. (The contexts are
+    # longer than the model's 256 positions, so the scores alone would not see their beginnings.)
+    for task, ref in (("mmlu", mmlu_ref), ("arc", arc_ref)):
+        questions = loglik_questions(task, data / task, TaskOptions(num_fewshot=5))
+        assert [[(q.context, c) for c in q.continuations] for q in questions] == [[c[:2] for c in r] for r in ref]
+    assert mmlu_ref[0][0][0].startswith("The following are multiple choice questions (with answers) about astronomy")
+    assert arc_ref[0][0][0].count("Question:") == 6
+    # Where the harness would fail (too few examples) or leak answers (examples from the questions asked).
+    from megatron_llm.errors import UsageError
+
+    with pytest.raises(UsageError, match="6-shot needs 6 few-shot examples, found 5"):
+        loglik_questions("mmlu", data / "mmlu", TaskOptions(num_fewshot=6))
+    with pytest.raises(UsageError, match="one file has no train split"):
+        loglik_questions("arc", data / "arc/ARC-Easy/test-00000-of-00001.parquet", TaskOptions(num_fewshot=1))
+    with pytest.raises(UsageError, match="--split train: arc's few-shot examples come from that split"):
+        loglik_questions("arc", data / "arc", TaskOptions(split="train", num_fewshot=1))
+
+    # The scores of `megatron-llm evaluate --task` on the checkpoint (not the export).
+    output = json.loads(run("evaluate", "--checkpoint", str(work["checkpoints"]), "--task", "mmlu", "--task", "arc",
+                            "--data", str(data / "mmlu"), str(data / "arc"), "--num-fewshot", "5", "--details",
+                            "--json").stdout)
+    mmlu, arc = output["results"]
+    for result, ref in ((mmlu, mmlu_ref), (arc, arc_ref)):
+        assert [len(i["logprobs"]) for i in result["items"]] == [len(r) for r in ref]
+        ours, theirs = [v for i in result["items"] for v in i["logprobs"]], [c[2] for r in ref for c in r]
+        assert ours == float32_approx(theirs)
+        print(f"native {result['task']} vs the harness's task: {len(ours)} log-likelihoods, max |difference| "
+              f"{max(abs(a - b) for a, b in zip(ours, theirs)):.1e}")
+    assert mmlu["num_fewshot"] == arc["num_fewshot"] == 5 and set(mmlu["groups"]) == set(SUBJECTS)
+    assert mmlu["metrics"]["acc"] == pytest.approx(sum(g["acc"] for g in mmlu["groups"].values()) / 2)
+
+    # Negative controls, scored by the harness's `hf` model: the prompt differences the comparison guards
+    # against move a log-likelihood far beyond the tolerance (this barely trained model leans little on its
+    # context, yet each moves it by 4e-4 or more: ARC zero-shot, the difference once found here, by 6e-4).
+    hf = HFLM(pretrained=str(work["hf"]), dtype="float32", batch_size=2, device="cpu")
+    arc_context, arc_answer, arc_value = arc_ref[0][0]
+    mmlu_context, mmlu_answer, mmlu_value = mmlu_ref[0][0]
+    shots = arc_context.split("\n\n")
+    variants = {
+        "harness prompt (as logged)": (arc_context, arc_answer, arc_value),
+        "ARC zero-shot": (shots[-1], arc_answer, arc_value),
+        "ARC examples in reverse order": ("\n\n".join(shots[-2::-1] + shots[-1:]), arc_answer, arc_value),
+        "ARC few-shot delimiter \\n": (arc_context.replace("\n\n", "\n"), arc_answer, arc_value),
+        "MMLU few-shot delimiter \\n": (mmlu_context.replace("\n\n", "\n"), mmlu_answer, mmlu_value),
+        "MMLU without the target delimiter": (mmlu_context, mmlu_answer.lstrip(), mmlu_value),
+    }
+    scored = hf.loglikelihood([Instance("loglikelihood", {}, v[:2], i) for i, v in enumerate(variants.values())])
+    moved = {name: abs(s[0] - v[2]) for (name, v), s in zip(variants.items(), scored)}
+    print("harness hf, |change| of one log-likelihood:", {k: f"{v:.2e}" for k, v in moved.items()})
+    assert moved.pop("harness prompt (as logged)") < 1e-5
+    assert min(moved.values()) > 1e-4

@@ -21,7 +21,7 @@ import pytest
 from tests.slurm.slurm_jobs import REPO, TINY
 
 TEMPLATES = sorted(path.name for path in (REPO / "megatron_llm" / "launch" / "templates").glob("*.sbatch"))
-PACKAGE_DATA = 'package_data={"megatron_llm.launch": ["templates/*.sbatch"]},'
+PACKAGE_DATA = '"megatron_llm.launch": ["templates/*.sbatch"],'
 
 
 def build_wheel(sources: Path, out: Path, package_data: bool = True) -> Path:

@@ -8,6 +8,7 @@ test directory), to show the program would succeed without the sandbox (the nega
 from __future__ import annotations
 
 import socket
+import time
 
 import psutil
 import pytest
@@ -72,12 +73,27 @@ def test_no_writes_outside_its_directory_and_no_view_of_the_run_directory(sandbo
     assert outside.exists()
 
 
+def leftover_programs(grace_s: float = 10.0) -> list[psutil.Process]:
+    """The sandboxed program's processes still alive (not zombies) once `grace_s` has passed for the kill to land."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = []
+        for p in psutil.process_iter(["uids", "cmdline"]):
+            try:
+                ours = p.info["uids"] and p.info["uids"].real == NOBODY
+                if ours and "program.py" in " ".join(p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                continue
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)  # a poll interval: the kill has been sent, the kernel reaps asynchronously
+
+
 def test_fork_bomb_endless_loop_and_memory_hog_are_stopped(sandbox):
     bomb = sandbox.run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
     assert bomb.status in ("timeout", "killed")
-    leftover = [p for p in psutil.process_iter(["uids", "cmdline"]) if p.info["uids"] and
-                p.info["uids"].real == NOBODY and "program.py" in " ".join(p.info["cmdline"] or [])]
-    assert leftover == []
+    assert leftover_programs() == []
     loop = sandbox.run("while True:\n    pass\n")
     # The CPU limit (SIGXCPU) stops it, or the wall-time limit first when the machine is busy.
     assert loop.status == "timeout" or (loop.status == "killed" and loop.detail["signal"] in ("SIGXCPU", "SIGKILL"))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -41,6 +42,8 @@ from megatron.core.optimizer import OptimizerConfig
 from megatron.core.transformer import TransformerConfig
 
 from megatron_llm.config.loader import load_config
+from megatron_llm.config.validation import validate
+from megatron_llm.errors import UsageError
 from megatron_llm.model.builder import transformer_settings, uses_te_rng_tracker
 from megatron_llm.runtime.gpu_env import apply_recipe_environment, recipe_environment
 from megatron_llm.runtime.hardware import Platform, simulated_h100
@@ -48,7 +51,7 @@ from megatron_llm.training.optimizer import ddp_settings, optimizer_settings
 
 LLAMA_8B = "examples/configs/llama-8b.yaml"
 FP8_LAYOUT: list[str] = []  # the example config is the FP8 recipe's layout as it stands
-BF16_LAYOUT = ["precision.fp8=null", "parallel.context=2", "model.recompute=none"]
+BF16_LAYOUT = ["precision.fp8=null", "precision.fp8_param_gather=false", "parallel.context=2", "model.recompute=none"]
 
 # The recipe's values (Megatron-Bridge perf_recipes/llama/h100/llama3.py + _common.py), as megatron-core fields.
 RECIPE_FP8 = {
@@ -60,6 +63,7 @@ RECIPE_FP8 = {
     "bf16": True,
     "fp8": "hybrid",
     "fp8_recipe": "tensorwise",
+    "fp8_param": True,  # bf16_with_fp8_current_scaling_mixed: fp8_param_gather=True, fp8_param follows it
     "recompute_granularity": "full",
     "recompute_method": "block",
     "recompute_num_layers": 5,
@@ -90,7 +94,7 @@ RECIPE_FP8_ENV = {
     "NVTE_FWD_LAYERNORM_SM_MARGIN": "20",
     "NVTE_BWD_LAYERNORM_SM_MARGIN": "20",
 }
-RECIPE_BF16 = {"context_parallel_size": 2, "fp8": None, "bf16": True, "apply_rope_fusion": True,
+RECIPE_BF16 = {"context_parallel_size": 2, "fp8": None, "fp8_param": False, "bf16": True, "apply_rope_fusion": True,
                "cross_entropy_loss_fusion": True, "cross_entropy_fusion_impl": "te"}
 FUSIONS = ("apply_rope_fusion", "cross_entropy_loss_fusion", "gradient_accumulation_fusion",
            "masked_softmax_fusion", "bias_activation_fusion", "bias_dropout_fusion", "use_te_rng_tracker")
@@ -99,6 +103,7 @@ RECIPE_FP8_DDP = {
     "overlap_grad_reduce": True,
     "overlap_param_gather": True,
     "use_distributed_optimizer": True,
+    "fp8_param_gather": True,
 }
 RECIPE_FP8_OPTIMIZER = {
     "optimizer": "adam",
@@ -161,6 +166,31 @@ def test_ddp_and_optimizer_stay_as_on_cpu_without_cuda_and_te() -> None:
     assert not fp32["grad_reduce_in_fp32"]  # fp32 gradients are already fp32
 
 
+def test_fp8_primary_weights_follow_precision_fp8_param_gather() -> None:
+    """Negative control for fp8_param / fp8_param_gather: with precision.fp8_param_gather off, exactly these two
+    fields differ from the recipe."""
+    config = load_config(LLAMA_8B, FP8_LAYOUT + ["precision.fp8_param_gather=false"])
+    assert _differences(transformer_settings(config, simulated_h100()), RECIPE_FP8) == {"fp8_param": (False, True)}
+    assert _differences(ddp_settings(config, simulated_h100()), RECIPE_FP8_DDP, DDP_DEFAULTS) == \
+        {"fp8_param_gather": (False, True)}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["precision.fp8=null"], "precision.fp8_param_gather needs precision.fp8 (delayed or current)"),
+    (["parallel.distributed_optimizer=false"], "precision.fp8_param_gather needs parallel.distributed_optimizer=true"),
+    (["model.transformer_impl=local"], "precision.fp8_param_gather needs Transformer Engine's layers"),
+])
+def test_fp8_primary_weights_are_refused_where_megatron_refuses_them(overrides: list[str], message: str) -> None:
+    """megatron-core's TransformerConfig raises on fp8_param without fp8, Megatron-LM refuses --fp8-param-gather
+    without the distributed optimizer, and only TE's layers hold FP8 weights. The recipe config itself is valid
+    on the simulated H100 (the negative control) and refused on CPU."""
+    validate(load_config(LLAMA_8B, FP8_LAYOUT), 8, simulated_h100())
+    with pytest.raises(UsageError, match=re.escape(message)):
+        validate(load_config(LLAMA_8B, FP8_LAYOUT + overrides), 8, simulated_h100())
+    with pytest.raises(UsageError, match="precision.fp8_param_gather needs Transformer Engine and a CUDA GPU"):
+        validate(load_config(LLAMA_8B, FP8_LAYOUT), 8, CPU)
+
+
 def test_transformer_config_equals_the_bf16_recipe_on_a_simulated_h100() -> None:
     settings = transformer_settings(load_config(LLAMA_8B, BF16_LAYOUT), simulated_h100())
     assert _differences(settings, RECIPE_BF16) == {}
@@ -206,7 +236,7 @@ def test_local_launcher_exports_the_recipe_environment_where_unset(monkeypatch, 
     """`launch --dry-run` on a simulated H100 shows the variables torchrun's workers would inherit; the user's
     own value stays. Negative control: on CPU nothing is added."""
     from megatron_llm.launch import local_command
-    from megatron_llm.runtime import platform as platform_module
+    from megatron_llm.runtime import hardware
 
     environ = {k: v for k, v in os.environ.items() if k not in RECIPE_FP8_ENV}
     environ["TORCH_NCCL_HIGH_PRIORITY"] = "0"
@@ -215,7 +245,7 @@ def test_local_launcher_exports_the_recipe_environment_where_unset(monkeypatch, 
     for simulated, expected in ((CPU, {}),
                                 (simulated_h100(), {k: v for k, v in RECIPE_FP8_ENV.items()
                                                     if k != "TORCH_NCCL_HIGH_PRIORITY"})):
-        monkeypatch.setattr(platform_module, "detect_platform", lambda simulated=simulated: simulated)
+        monkeypatch.setattr(hardware, "detect_platform", lambda simulated=simulated: simulated)
         assert local_command.main(argv) == 0
         words = shlex.split(capsys.readouterr().out)
         prefix = dict(w.split("=", 1) for w in words[:words.index(sys.executable)])

@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 import socket
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is made: CPU tensors
+import pytest
+import torch
+from megatron_llm.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from megatron_llm.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy  # noqa: E402
+assert os.environ.get("TRITON_INTERPRET") == "1"  # set by tests/conftest.py before Triton is first imported
 
 TOKENS, HIDDEN, ROWS, REAL = 24, 32, 700, 650
 CHUNK = TOKENS * 256  # chunks of 256 columns

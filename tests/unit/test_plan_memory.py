@@ -59,14 +59,27 @@ def test_bytes_per_parameter(dtype: str, distopt: bool, dp: int, expected: float
     assert per_param == pytest.approx(expected, rel=1e-3)
 
 
-def test_static_memory_per_rank_with_pipeline_and_tensor_parallel() -> None:
-    config = _config("llama-70b", "parallel.tensor=8", "parallel.pipeline=4")  # x5 virtual stages, distopt
+@pytest.mark.parametrize("fp8_param_gather", [False, True])
+def test_static_memory_per_rank_with_pipeline_and_tensor_parallel(fp8_param_gather: bool) -> None:
+    config = _config("llama-70b", "parallel.tensor=8", "parallel.pipeline=4",  # x5 virtual stages, distopt, FP8
+                     f"precision.fp8_param_gather={fp8_param_gather}")
     first = static_memory(config, 128, pipeline_rank=0, gpu=lookup_gpu("h100"))
     middle = static_memory(config, 128, pipeline_rank=1, gpu=lookup_gpu("h100"))
     layer = count_parameters(config.model).per_layer
     embedding_shard = 129_024 // 8 * 8192
     assert first.weights - middle.weights == pytest.approx(2 * embedding_shard, rel=1e-4)
-    assert middle.weights == pytest.approx(2 * 20 * layer / 8, rel=1e-3)
+    if not fp8_param_gather:
+        assert middle.weights == pytest.approx(2 * 20 * layer / 8, rel=1e-3)
+        return
+    # FP8 primary weights: the four linear layers at 1 byte per element (sharded over TP), the two norms bf16
+    # (replicated): about half the bytes. Gradients and the optimizer's state (fp32 main weights) do not change.
+    h = config.model.hidden_size
+    assert middle.weights == pytest.approx(20 * ((layer - 2 * h) / 8 + 2 * 2 * h), rel=1e-3)
+    sixteen_bit = static_memory(_config("llama-70b", "parallel.tensor=8", "parallel.pipeline=4",
+                                        "precision.fp8_param_gather=false"), 128, pipeline_rank=1,
+                                gpu=lookup_gpu("h100"))
+    assert (middle.gradients, middle.optimizer) == pytest.approx((sixteen_bit.gradients, sixteen_bit.optimizer),
+                                                                 rel=1e-4)
 
 
 def test_activation_schedules() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
 from megatron_llm.config.schema import MlflowConfig
@@ -20,6 +19,9 @@ _KEY = re.compile(r"[^A-Za-z0-9_\-. /]")  # characters MLflow refuses in metric 
 
 class MlflowTracker(TrackerCallback):
     name = "mlflow"
+    # A tracking server spends ~20 ms of CPU per request besides ~0.25 ms per metric (SQLite store, MLflow 3):
+    # a request every 5 s instead of every step makes the per-request part negligible.
+    send_interval = 5.0
 
     def __init__(self, settings: MlflowConfig) -> None:
         super().__init__()
@@ -63,11 +65,12 @@ class MlflowTracker(TrackerCallback):
             return False
         return True
 
-    def log_values(self, values: dict[str, float], step: int) -> None:
+    def log_rows(self, rows: list[tuple[dict[str, float], int, float]]) -> None:
+        """Every record since the last send in one request (or a few: MLflow takes 1000 metrics per request)."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        metrics = [Metric(_KEY.sub("_", k), v, now, step) for k, v in values.items()]
+        metrics = [Metric(_KEY.sub("_", k), v, int(logged_at * 1000), step)
+                   for values, step, logged_at in rows for k, v in values.items()]
         for i in range(0, len(metrics), _BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + _BATCH])
 

@@ -1,4 +1,8 @@
-"""TensorBoard event files in `RUN_DIR/tensorboard/`: the numeric values of every record, by step."""
+"""TensorBoard event files in `RUN_DIR/tensorboard/`: the numeric values of every record, by step.
+
+A record is one event holding all its scalars (what `add_scalar` would write as one event each), handed to
+the writer's background thread through a queue long enough never to make the training step wait for it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from megatron_llm.training.callbacks.base import Callback
 
 if TYPE_CHECKING:
     from megatron_llm.training.loop import Trainer
+
+_QUEUE = 10_000  # events held for the writer thread; torch's default (10) blocks the step when the disk is slow
 
 
 def tag(key: str) -> str:
@@ -25,15 +31,17 @@ class TensorBoardMetrics(Callback):
         self._writer = None
 
     def on_train_start(self, trainer: Trainer) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.writer import FileWriter
 
-        self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        self._writer = FileWriter(str(self.log_dir), max_queue=_QUEUE)
 
     def on_log(self, trainer: Trainer, record: dict) -> None:
-        step = record["step"]
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._writer.add_scalar(tag(key), value, step)
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=tag(key), simple_value=float(value)) for key, value in record.items()
+                  if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)]
+        if values:
+            self._writer.add_summary(Summary(value=values), record["step"])
 
     def on_train_end(self, trainer: Trainer) -> None:
         self._writer.flush()

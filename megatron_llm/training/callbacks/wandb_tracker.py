@@ -33,13 +33,14 @@ class WandbTracker(TrackerCallback):
         self.run.summary["model_summary"] = summary
         self.last_step = step
 
-    def log_values(self, values: dict[str, float], step: int) -> None:
-        self.run.log(values, step=step)
-        self.last_step = max(self.last_step, step)
+    def log_rows(self, rows: list[tuple[dict[str, float], int, float]]) -> None:
+        for values, step, logged_at in rows:
+            self.run.log({**values, "_timestamp": logged_at}, step=step)
+            self.last_step = max(self.last_step, step)
 
-    def log_event(self, values: dict[str, float], step: int) -> None:
+    def log_event(self, values: dict[str, float], step: int, logged_at: float) -> None:
         # W&B steps only go forward; a background save commits after later steps were logged.
-        self.log_values(values, max(step, self.last_step))
+        self.log_rows([(values, max(step, self.last_step), logged_at)])
 
     def finish(self, exit_code: int) -> None:
         self.run.finish(exit_code=exit_code)
