@@ -149,7 +149,8 @@ class Store:
         files = sorted(json.loads((directory / METADATA).read_text())["files"])
         self.remove(step)
         target = self.path(directory.name)
-        self.fs.makedirs(target, exist_ok=True)
+        if self.local:  # object stores have no directories (s3fs would only check that the bucket exists)
+            self.fs.makedirs(target, exist_ok=True)
         with ThreadPoolExecutor(self.workers) as pool:
             for _ in pool.map(lambda f: self._put(directory / f, f"{target}/{f}"), files):
                 _fault_point(step)
